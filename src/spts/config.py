@@ -1,0 +1,228 @@
+"""SPTS configuration: which layers skip, how many tokens each stage keeps, which parts are on.
+
+A config is a frozen value. It is validated on construction (what can be checked without a
+model) and again against a model in :func:`spts.enable` (what depends on the layer count).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+Budget = int | float
+"""An int is an absolute token count (as in the paper); a float in (0, 1] a fraction of the prompt."""
+
+
+@dataclass(frozen=True)
+class SPTSConfig:
+    """How SPTS skips tokens during prefill.
+
+    Layers ``[0, start_layer)`` run in full. Layers ``[start_layer, num_layers)`` skip tokens and
+    are split into stages at ``stage_boundaries``: stage 0 is ``[start_layer, b_0)``, stage i is
+    ``[b_{i-1}, b_i)``, and the final stage runs ``[b_last, num_layers)``. ``budgets`` gives one
+    budget per stage; when it has one entry fewer than there are stages (as the paper's schedules
+    do), the last budget also covers the final stage.
+
+    Attributes:
+        start_layer: first skipping layer; at least 1, because layer 0's cache length is what
+            transformers uses as the number of tokens seen so far.
+        stage_boundaries: strictly increasing layer indices in ``(start_layer, num_layers)``.
+        budgets: active tokens per layer in each stage (int: tokens, float in (0, 1]: fraction of
+            the prompt length, rounded up).
+        delta: delayed-pruning margin: at a boundary, ``budget_next + delta`` candidates survive
+            (int: tokens, float in [0, 1]: fraction of the prompt length).
+        probe_tokens: how many trailing tokens' queries probe attention (the paper found 1 best).
+        skip_attention: PAP on; off runs attention over every candidate.
+        skip_ffn: FFN skipping on; off runs the FFN over every candidate.
+        prune: MSDP on; off keeps every token a candidate in every skipping layer.
+    """
+
+    start_layer: int
+    stage_boundaries: tuple[int, ...]
+    budgets: tuple[Budget, ...]
+    delta: Budget = 0
+    probe_tokens: int = 1
+    skip_attention: bool = True
+    skip_ffn: bool = True
+    prune: bool = True
+    name: str = field(default="custom", compare=False)
+
+    def __post_init__(self) -> None:
+        # Accept lists from users and YAML/JSON; store tuples so the config stays hashable.
+        object.__setattr__(self, "stage_boundaries", tuple(self.stage_boundaries))
+        object.__setattr__(self, "budgets", tuple(self.budgets))
+        _check_int("start_layer", self.start_layer, minimum=1)
+        for i, boundary in enumerate(self.stage_boundaries):
+            _check_int(f"stage_boundaries[{i}]", boundary, minimum=self.start_layer + 1)
+        for i, (a, b) in enumerate(zip(self.stage_boundaries, self.stage_boundaries[1:], strict=False)):
+            if b <= a:
+                raise ValueError(
+                    f"stage_boundaries must be strictly increasing: stage_boundaries[{i + 1}]={b} "
+                    f"is not greater than stage_boundaries[{i}]={a}"
+                )
+        n_stages = len(self.stage_boundaries) + 1
+        if len(self.budgets) not in (n_stages, n_stages - 1) or not self.budgets:
+            raise ValueError(
+                f"budgets must have one entry per stage ({n_stages}) or one fewer ({n_stages - 1}, the "
+                f"last budget then covers the final stage); got {len(self.budgets)} for "
+                f"stage_boundaries={self.stage_boundaries}"
+            )
+        for i, budget in enumerate(self.budgets):
+            _check_budget(f"budgets[{i}]", budget, allow_zero=False)
+        _check_budget("delta", self.delta, allow_zero=True)
+        _check_int("probe_tokens", self.probe_tokens, minimum=1)
+        for flag in ("skip_attention", "skip_ffn", "prune"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"{flag} must be a bool, got {getattr(self, flag)!r}")
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def preset(cls, name: str) -> SPTSConfig:
+        """The paper's schedule for one of its models (see ``PRESETS``)."""
+        try:
+            return PRESETS[name]
+        except KeyError:
+            raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}") from None
+
+    @classmethod
+    def for_model(cls, model_or_config: Any, reference: str = "qwen2.5-7b") -> SPTSConfig:
+        """Derive a config for any supported model from one of the paper's schedules.
+
+        Layer positions keep their relative depth; budgets scale with the model's context window
+        (``max_position_embeddings``) relative to the reference model's, since the paper tunes
+        absolute budgets per context size. The default reference is Qwen2.5-7B (32K context),
+        whose budgets keep more tokens than LLaMA's and so err on the side of accuracy.
+        """
+        config = getattr(model_or_config, "config", model_or_config)
+        num_layers = _num_layers(config)
+        ref = cls.preset(reference)
+        ref_layers, ref_context = PRESET_SHAPES[reference]
+        context = int(getattr(config, "max_position_embeddings", ref_context) or ref_context)
+        scale_layers = num_layers / ref_layers
+        start = max(1, round(ref.start_layer * scale_layers))
+        boundaries: list[int] = []
+        for b in ref.stage_boundaries:
+            layer = max(round(b * scale_layers), (boundaries[-1] if boundaries else start) + 1)
+            if layer < num_layers:
+                boundaries.append(layer)
+        scale_tokens = context / ref_context
+        budgets = [max(16, round(b * scale_tokens)) for b in ref.budgets]
+        n_budgets = min(len(budgets), len(boundaries) + 1)
+        delta = max(0, round(int(ref.delta) * scale_tokens))
+        return cls(
+            start_layer=start,
+            stage_boundaries=tuple(boundaries),
+            budgets=tuple(budgets[:n_budgets]),
+            delta=delta,
+            name=f"{reference}-scaled",
+        )
+
+    def with_(self, **changes: Any) -> SPTSConfig:
+        """A copy with some fields changed (validated again)."""
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def num_stages(self) -> int:
+        return len(self.stage_boundaries) + 1
+
+    def stage_starts(self) -> tuple[int, ...]:
+        return (self.start_layer, *self.stage_boundaries)
+
+    def stage_of_layer(self, layer_idx: int) -> int | None:
+        """Index of the stage ``layer_idx`` belongs to, or None for a full (non-skipping) layer."""
+        if layer_idx < self.start_layer:
+            return None
+        return sum(1 for b in self.stage_boundaries if layer_idx >= b)
+
+    def stage_budget(self, stage: int, prompt_length: int) -> int:
+        """Active tokens per layer in ``stage`` for a prompt of ``prompt_length`` tokens."""
+        budget = self.budgets[min(stage, len(self.budgets) - 1)]
+        return max(1, _resolve(budget, prompt_length))
+
+    def pruning_keep(self, stage: int, prompt_length: int) -> int:
+        """Candidates that survive the boundary that opens ``stage`` (MSDP: next budget + delta)."""
+        return self.stage_budget(stage, prompt_length) + _resolve(self.delta, prompt_length)
+
+    def validate_for(self, num_layers: int) -> None:
+        """Check the schedule fits a model with ``num_layers`` decoder layers."""
+        if self.start_layer >= num_layers:
+            raise ValueError(
+                f"start_layer={self.start_layer} must be less than the model's {num_layers} layers "
+                f"(allowed: 1..{num_layers - 1})"
+            )
+        for i, boundary in enumerate(self.stage_boundaries):
+            if boundary >= num_layers:
+                raise ValueError(
+                    f"stage_boundaries[{i}]={boundary} must be less than the model's {num_layers} layers "
+                    f"(allowed: {self.start_layer + 1}..{num_layers - 1})"
+                )
+
+
+def _resolve(budget: Budget, prompt_length: int) -> int:
+    if isinstance(budget, float):
+        return math.ceil(budget * prompt_length)
+    return budget
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _check_budget(name: str, value: Any, allow_zero: bool) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be an int (tokens) or a float in (0, 1] (fraction), got {value!r}")
+    if isinstance(value, float):
+        low_ok = value >= 0 if allow_zero else value > 0
+        if not (low_ok and value <= 1):
+            bound = "[0, 1]" if allow_zero else "(0, 1]"
+            raise ValueError(f"{name}={value} as a fraction of the prompt must be in {bound}")
+    elif value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name}={value} as a token count must be {'>= 0' if allow_zero else '>= 1'}")
+
+
+def _num_layers(config: Any) -> int:
+    num_layers = getattr(config, "num_hidden_layers", None)
+    if not isinstance(num_layers, int):
+        raise ValueError(f"cannot read num_hidden_layers from {type(config).__name__}; pass a model or its config")
+    return num_layers
+
+
+PRESETS: dict[str, SPTSConfig] = {
+    "llama-3.1-8b": SPTSConfig(
+        start_layer=10,
+        stage_boundaries=(13, 18, 23, 28),
+        budgets=(9 * 1024, 7 * 1024, 4 * 1024, 2 * 1024),
+        delta=1024,
+        name="llama-3.1-8b",
+    ),
+    "qwen2.5-7b": SPTSConfig(
+        start_layer=9,
+        stage_boundaries=(12, 16, 20, 24),
+        budgets=(13 * 1024, 10 * 1024, 7 * 1024, 4 * 1024),
+        delta=2048,
+        name="qwen2.5-7b",
+    ),
+    "openpangu-1b": SPTSConfig(
+        start_layer=11,
+        stage_boundaries=(13, 16, 19, 22),
+        budgets=(13 * 1024, 10 * 1024, 7 * 1024, 4 * 1024),
+        delta=2048,
+        name="openpangu-1b",
+    ),
+}
+"""The paper's schedules (SPEC.md). Budgets are absolute token counts."""
+
+PRESET_SHAPES: dict[str, tuple[int, int]] = {
+    "llama-3.1-8b": (32, 131072),
+    "qwen2.5-7b": (28, 32768),
+    "openpangu-1b": (26, 32768),
+}
+"""(layers, context window) of each preset's model, used to scale presets to other models."""

@@ -1,0 +1,15 @@
+"""Selection policies: which tokens a skipping layer computes (PAP), which run the FFN, the schedule (MSDP)."""
+
+from spts.policies.ffn import AttentionScoreFFN, FFNScorer
+from spts.policies.probe import attention_probe_scores
+from spts.policies.schedule import LayerPlan, plan_layers
+from spts.policies.selection import top_tokens
+
+__all__ = [
+    "AttentionScoreFFN",
+    "FFNScorer",
+    "LayerPlan",
+    "attention_probe_scores",
+    "plan_layers",
+    "top_tokens",
+]

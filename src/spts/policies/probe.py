@@ -1,0 +1,36 @@
+"""PAP: how much each candidate token matters to the last token's attention."""
+
+from __future__ import annotations
+
+import torch
+
+
+def attention_probe_scores(
+    probe_queries: torch.Tensor,
+    keys: torch.Tensor,
+    scaling: float,
+    probe_offsets: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean attention probability that the probe queries give each key.
+
+    Args:
+        probe_queries: (B, heads, P, d) rotated queries of the probe tokens (the last P candidates).
+        keys: (B, kv_heads, C, d) rotated keys of every candidate.
+        scaling: the attention's softmax scale (``1/sqrt(d)`` for these families).
+        probe_offsets: (P,) candidate index of each probe token; when given, a probe token only sees
+            candidates up to itself (causality). None for a single probe token, which sees all.
+
+    Returns:
+        (B, C) float32 scores: softmax over candidates per head and probe token, averaged over all
+        query heads and probe tokens. Under GQA each query head scores against its own KV group.
+    """
+    batch, heads, n_probe, dim = probe_queries.shape
+    kv_heads, n_keys = keys.shape[1], keys.shape[2]
+    group = heads // kv_heads
+    # (B, kv, group*P, d) @ (B, kv, d, C): each KV head serves its group without repeating keys.
+    grouped = probe_queries.reshape(batch, kv_heads, group * n_probe, dim)
+    logits = torch.matmul(grouped, keys.transpose(-1, -2)).float() * scaling
+    if probe_offsets is not None:
+        visible = torch.arange(n_keys, device=keys.device)[None, :] <= probe_offsets[:, None]  # (P, C)
+        logits = logits.masked_fill(~visible.repeat(group, 1), float("-inf"))
+    return logits.softmax(dim=-1).mean(dim=(1, 2))

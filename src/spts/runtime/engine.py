@@ -1,0 +1,263 @@
+"""Turning SPTS on and off for one model instance.
+
+Only the instance is patched, never the class: each skipping layer gets an instance-level
+``forward`` and the decoder gets a pre/post hook pair. ``disable`` puts back exactly what was
+there (including a forward that accelerate or another tool had already installed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.cache_utils import DynamicCache, DynamicLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from spts.adapters import DecoderAdapter, adapter_for
+from spts.config import SPTSConfig
+from spts.errors import UnsupportedInputError, UnsupportedModelError
+from spts.policies import AttentionScoreFFN, FFNScorer, plan_layers
+from spts.runtime.prefill import PrefillState, skipping_prefill
+from spts.runtime.stats import LayerStats, PrefillStats
+from spts.runtime.timing import IntervalTimer
+
+_RUNTIME_ATTR = "_spts_runtime"
+SUPPORTED_ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3")
+
+
+class SPTSRuntime:
+    """The SPTS state attached to one model: its config, policies, patches and last statistics."""
+
+    def __init__(
+        self, model: nn.Module, adapter: DecoderAdapter, config: SPTSConfig, ffn_scorer: FFNScorer
+    ) -> None:
+        self.model = model
+        self.adapter = adapter
+        self.config = config
+        self.ffn_scorer = ffn_scorer
+        self.num_layers = len(adapter.layers())
+        self.state: PrefillState | None = None
+        self.last_stats: PrefillStats | None = None
+        self._saved_forwards: dict[int, Any] = {}
+        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+
+    # ---------------------------------------------------------------- patching
+    def install(self) -> None:
+        decoder = self.adapter.decoder()
+        self._hooks.append(decoder.register_forward_pre_hook(self._before_forward, with_kwargs=True))
+        self._hooks.append(decoder.register_forward_hook(self._after_forward, always_call=True))
+        for idx in range(self.config.start_layer, self.num_layers):
+            layer = self.adapter.layers()[idx]
+            # Keep whatever instance forward was there (e.g. accelerate's device hook) to restore it.
+            self._saved_forwards[idx] = layer.__dict__.get("forward")
+            original = layer.forward
+            layer.forward = functools.partial(self._layer_forward, idx, layer, original)
+
+    def uninstall(self) -> None:
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks.clear()
+        layers = self.adapter.layers()
+        for idx, saved in self._saved_forwards.items():
+            if saved is None:
+                del layers[idx].forward
+            else:
+                layers[idx].forward = saved
+        self._saved_forwards.clear()
+        self.state = None
+
+    @property
+    def attention_function(self) -> Callable:
+        from transformers.models.llama.modeling_llama import eager_attention_forward
+
+        return ALL_ATTENTION_FUNCTIONS.get_interface(self.model.config._attn_implementation, eager_attention_forward)
+
+    # ---------------------------------------------------------------- per forward
+    def _before_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self.state = None
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        embeds = kwargs.get("inputs_embeds")
+        tokens = input_ids if input_ids is not None else embeds
+        if tokens is None:
+            return
+        cache = kwargs.get("past_key_values")
+        if cache is not None and cache.get_seq_length() > 0:
+            return  # continuing from a cache: new tokens are appended densely (see _layer_forward)
+        batch, length = tokens.shape[0], tokens.shape[1]
+        if length == 0:
+            raise UnsupportedInputError("empty prompt: SPTS needs at least one token to prefill")
+        _check_prefill_inputs(kwargs.get("attention_mask"), cache)
+        stats = PrefillStats(
+            prompt_length=length,
+            batch_size=batch,
+            probe_timer=IntervalTimer(tokens.device),
+            total_timer=IntervalTimer(tokens.device),
+        )
+        stats.layers.extend(
+            LayerStats(i, None, length, length, length, length) for i in range(self.config.start_layer)
+        )
+        stats.total_timer.start()
+        self.state = PrefillState(
+            plans=plan_layers(self.config, self.num_layers, length), candidates=None, scores=None, stats=stats
+        )
+
+    def _after_forward(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if self.state is not None:
+            self.state.stats.total_timer.stop()
+            self.last_stats = self.state.stats
+            self.state = None
+
+    def _layer_forward(
+        self,
+        layer_idx: int,
+        layer: nn.Module,
+        original_forward: Callable,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: Any = None,
+        use_cache: bool | None = False,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        if self.state is not None and position_embeddings is not None:
+            return skipping_prefill(
+                self, self.state, layer_idx, layer, hidden_states, position_embeddings, past_key_values
+            )
+        # Decoding (or appending to an existing cache): every new token is computed, but this layer's
+        # cache holds fewer keys than the mask was built for, so keep the mask's trailing columns:
+        # the cached keys are all in the past of every new token.
+        if isinstance(attention_mask, torch.Tensor) and past_key_values is not None:
+            kv_length = past_key_values.get_seq_length(layer_idx) + hidden_states.shape[1]
+            if attention_mask.shape[-1] > kv_length:
+                attention_mask = attention_mask[..., -kv_length:]
+        return original_forward(
+            hidden_states,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            position_embeddings=position_embeddings,
+            **kwargs,
+        )
+
+
+def _check_prefill_inputs(attention_mask: Any, cache: Any) -> None:
+    if isinstance(attention_mask, torch.Tensor):
+        if attention_mask.dim() != 2:
+            raise UnsupportedInputError(
+                f"SPTS prefill takes a 2D attention_mask (batch, tokens); got shape {tuple(attention_mask.shape)}"
+            )
+        if not bool(attention_mask.all()):
+            raise UnsupportedInputError(
+                "padded batches are not supported by SPTS: each row would need its own positions and budgets. "
+                "Prefill prompts one at a time, or batch prompts of equal length without padding."
+            )
+    if cache is not None and (
+        not isinstance(cache, DynamicCache) or not all(type(layer) is DynamicLayer for layer in cache.layers)
+    ):
+        raise UnsupportedInputError(
+            f"SPTS stores a different number of tokens per layer and needs a plain DynamicCache; got "
+            f"{type(cache).__name__}. Do not pass cache_implementation='static' (or offloaded/quantized "
+            "caches) to generate while SPTS is enabled."
+        )
+
+
+def _check_model(adapter: DecoderAdapter, config: SPTSConfig, model: nn.Module) -> None:
+    num_layers = len(adapter.layers())
+    config.validate_for(num_layers)
+    implementation = model.config._attn_implementation
+    if implementation not in SUPPORTED_ATTENTION:
+        raise UnsupportedModelError(
+            f"attention implementation {implementation!r} is not supported by SPTS; load the model with "
+            f"attn_implementation set to one of {', '.join(SUPPORTED_ATTENTION)}"
+        )
+    windowed = [i for i in range(config.start_layer, num_layers) if adapter.sliding_window(i)]
+    if windowed:
+        raise UnsupportedModelError(
+            f"layers {windowed[0]}..{windowed[-1]} use sliding-window attention "
+            f"(sliding_window={adapter.sliding_window(windowed[0])}), which SPTS does not support in skipping "
+            "layers; use a checkpoint without a sliding window or start_layer past those layers"
+        )
+
+
+def enable(
+    model: nn.Module,
+    config: SPTSConfig | str | None = None,
+    proxies: FFNScorer | None = None,
+) -> nn.Module:
+    """Make ``model``'s prefill skip tokens as SPTS does; returns the same (patched) model.
+
+    Args:
+        model: a supported transformers causal LM (see ``spts.supported_model_types()``).
+        config: an :class:`SPTSConfig`, a preset name, or None to derive one for this model
+            (:meth:`SPTSConfig.for_model`).
+        proxies: the FFN scoring policy (an :class:`FFNScorer`); None scores the FFN by the
+            attention probe alone.
+
+    Enabling an already enabled model replaces its config. Generation then decodes from the
+    per-layer compressed cache; :func:`disable` restores the original behaviour exactly.
+    """
+    if isinstance(config, str):
+        config = SPTSConfig.preset(config)
+    adapter = adapter_for(model)
+    if config is None:
+        config = SPTSConfig.for_model(model)
+    if not isinstance(config, SPTSConfig):
+        raise TypeError(f"config must be an SPTSConfig or a preset name, got {type(config).__name__}")
+    if proxies is None:
+        proxies = AttentionScoreFFN()
+    elif not isinstance(proxies, FFNScorer):
+        raise TypeError(
+            f"proxies must be an FFNScorer (an object with needs_inputs, reuses_attention_selection and score()), "
+            f"got {type(proxies).__name__}"
+        )
+    _check_model(adapter, config, model)
+    disable(model)
+    runtime = SPTSRuntime(model, adapter, config, proxies)
+    runtime.install()
+    model.__dict__[_RUNTIME_ATTR] = runtime
+    return model
+
+
+def disable(model: nn.Module) -> nn.Module:
+    """Undo :func:`enable`; a no-op for a model that is not enabled."""
+    runtime = model.__dict__.pop(_RUNTIME_ATTR, None)
+    if runtime is not None:
+        runtime.uninstall()
+    return model
+
+
+def is_enabled(model: nn.Module) -> bool:
+    return _RUNTIME_ATTR in model.__dict__
+
+
+def runtime_of(model: nn.Module) -> SPTSRuntime:
+    runtime = model.__dict__.get(_RUNTIME_ATTR)
+    if runtime is None:
+        raise ValueError("SPTS is not enabled on this model; call spts.enable(model, config) first")
+    return runtime
+
+
+def last_stats(model: nn.Module) -> PrefillStats:
+    """Statistics of the model's last SPTS prefill."""
+    stats = runtime_of(model).last_stats
+    if stats is None:
+        raise ValueError("no SPTS prefill has run on this model since spts.enable")
+    return stats
+
+
+@contextlib.contextmanager
+def enabled(
+    model: nn.Module, config: SPTSConfig | str | None = None, proxies: FFNScorer | None = None
+) -> Iterator[nn.Module]:
+    """``with spts.enabled(model, config): ...`` runs the block with SPTS and always disables it after."""
+    enable(model, config, proxies)
+    try:
+        yield model
+    finally:
+        disable(model)

@@ -1,0 +1,155 @@
+"""The skipping forward pass of one decoder layer during prefill.
+
+The residual stream keeps its full length (B, T, D) from layer to layer, so positions, rotary
+tables and the final hidden state stay where transformers expects them. Inside a skipping layer
+only the candidate rows are gathered, only the active ones are computed, and their updates are
+scattered back; every other token rides the residual unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from spts.policies import attention_probe_scores, top_tokens
+from spts.runtime.stats import LayerStats, PrefillStats
+
+if TYPE_CHECKING:
+    from spts.runtime.engine import SPTSRuntime
+
+
+@dataclass
+class PrefillState:
+    """What one prefill carries from layer to layer: the surviving candidates and the latest probe."""
+
+    plans: dict
+    candidates: torch.Tensor | None  # (B, C) original positions, ascending; None while all tokens are
+    scores: torch.Tensor | None  # (B, C) latest attention-probe scores over the candidates
+    stats: PrefillStats
+
+
+def gather_rows(x: torch.Tensor, index: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Rows ``index`` (B, n) of ``x`` along ``dim`` (batch first), each batch row its own rows."""
+    shape = list(x.shape)
+    shape[dim] = index.shape[1]
+    view = [index.shape[0]] + [1] * (x.dim() - 1)
+    view[dim] = index.shape[1]
+    return torch.gather(x, dim, index.view(view).expand(shape))
+
+
+def scatter_rows(x: torch.Tensor, index: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``x`` with rows ``index`` (B, n) along dim 1 replaced by ``rows`` (out of place)."""
+    return x.scatter(1, index[..., None].expand(-1, -1, x.shape[-1]), rows)
+
+
+def _causal_mask(implementation: str, n: int, like: torch.Tensor) -> torch.Tensor | None:
+    # SDPA and FlashAttention apply causality themselves when given no mask, as in the stock model.
+    if implementation != "eager":
+        return None
+    blocked = torch.ones(n, n, dtype=torch.bool, device=like.device).triu(1)
+    mask = torch.zeros(n, n, dtype=like.dtype, device=like.device)
+    return mask.masked_fill(blocked, torch.finfo(like.dtype).min)[None, None]
+
+
+def skipping_prefill(
+    runtime: SPTSRuntime,
+    state: PrefillState,
+    layer_idx: int,
+    layer: nn.Module,
+    hidden_states: torch.Tensor,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor],
+    past_key_values,
+) -> torch.Tensor:
+    """Run layer ``layer_idx`` on the candidates of this prefill; return the full-length residual."""
+    adapter, config = runtime.adapter, runtime.config
+    plan = state.plans[layer_idx]
+    batch, length, _ = hidden_states.shape
+
+    if plan.prune_to is not None:
+        # MSDP: the latest probe decides which candidates survive this stage boundary for good.
+        keep = top_tokens(state.scores, plan.prune_to)
+        state.candidates = keep if state.candidates is None else torch.gather(state.candidates, 1, keep)
+        state.scores = None
+    candidates = state.candidates
+
+    cos, sin = (t.expand(batch, -1, -1) for t in position_embeddings)
+    if candidates is None:
+        x = hidden_states
+    else:
+        x, cos, sin = (gather_rows(t, candidates) for t in (hidden_states, cos, sin))
+    n_candidates = x.shape[1]
+    budget = plan.budget
+
+    normed = adapter.input_norm(layer, x)
+    keys = adapter.keys(layer, normed, cos, sin)
+    attention = adapter.attention(layer)
+
+    select_attention = config.skip_attention and budget < n_candidates
+    select_ffn = config.skip_ffn and budget < n_candidates
+    scores = None
+    if select_attention or select_ffn or plan.scores_needed_next:
+        state.stats.probe_timer.start()
+        n_probe = min(config.probe_tokens, n_candidates)
+        probe_queries = adapter.queries(layer, normed[:, -n_probe:], cos[:, -n_probe:], sin[:, -n_probe:])
+        offsets = None
+        if n_probe > 1:
+            offsets = torch.arange(n_candidates - n_probe, n_candidates, device=x.device)
+        scores = attention_probe_scores(probe_queries, keys, attention.scaling, offsets)
+        state.stats.probe_timer.stop()
+        state.scores = scores
+
+    # Attention among the active tokens, at their original positions, keys reused from the probe.
+    if select_attention:
+        active = top_tokens(scores, budget)
+        normed_active, cos_a, sin_a = (gather_rows(t, active) for t in (normed, cos, sin))
+        keys = gather_rows(keys, active, dim=2)
+    else:
+        active, normed_active, cos_a, sin_a = None, normed, cos, sin
+    queries = adapter.queries(layer, normed_active, cos_a, sin_a)
+    values = adapter.values(layer, normed_active)
+    if past_key_values is not None:
+        keys, values = past_key_values.update(keys, values, layer_idx)
+    implementation = runtime.model.config._attn_implementation
+    attn_out, _ = runtime.attention_function(
+        attention,
+        queries,
+        keys,
+        values,
+        _causal_mask(implementation, queries.shape[2], queries),
+        dropout=0.0,
+        scaling=attention.scaling,
+    )
+    update = adapter.attention_output(layer, attn_out)
+    x = x + update if active is None else scatter_rows(x, active, gather_rows(x, active) + update)
+
+    # FFN on the tokens the FFN policy ranks highest (the attention's choice until LTP proxies exist).
+    scorer = runtime.ffn_scorer
+    ffn_active: torch.Tensor | None = None
+    ffn_inputs: torch.Tensor | None = None
+    if select_ffn:
+        if scorer.reuses_attention_selection and active is not None:
+            ffn_active = active
+        else:
+            ffn_inputs = adapter.post_attention_norm(layer, x) if scorer.needs_inputs else None
+            ffn_active = top_tokens(scorer.score(layer_idx, ffn_inputs, scores), budget)
+    if ffn_active is None:
+        x = x + adapter.ffn(layer, adapter.post_attention_norm(layer, x) if ffn_inputs is None else ffn_inputs)
+    else:
+        rows = gather_rows(x, ffn_active)
+        normed_rows = (
+            adapter.post_attention_norm(layer, rows) if ffn_inputs is None else gather_rows(ffn_inputs, ffn_active)
+        )
+        x = scatter_rows(x, ffn_active, rows + adapter.ffn(layer, normed_rows))
+
+    n_attention = n_candidates if active is None else budget
+    n_ffn = n_candidates if ffn_active is None else budget
+    positions = candidates if candidates is not None else torch.arange(length, device=x.device).expand(batch, -1)
+    state.stats.candidates[layer_idx] = positions
+    state.stats.kv_positions[layer_idx] = positions if active is None else torch.gather(positions, 1, active)
+    state.stats.layers.append(
+        LayerStats(layer_idx, plan.stage, n_candidates, n_attention, n_ffn, kv_tokens=n_attention)
+    )
+    return x if candidates is None else scatter_rows(hidden_states, candidates, x)

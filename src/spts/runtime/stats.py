@@ -1,0 +1,88 @@
+"""What the last SPTS prefill did, per layer: for benchmarks, debugging and tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from spts.runtime.timing import IntervalTimer
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    """Token counts of one layer in one prefill (per batch row; every row has the same counts).
+
+    ``stage`` is None for full layers before ``start_layer``.
+    """
+
+    layer_idx: int
+    stage: int | None
+    candidates: int
+    attention_active: int
+    ffn_active: int
+    kv_tokens: int
+
+
+@dataclass
+class PrefillStats:
+    """Statistics of one SPTS prefill; read them with :func:`spts.last_stats`.
+
+    ``kv_positions`` maps each skipping layer to the (B, kv_tokens) original positions of the tokens
+    whose keys/values that layer cached; full layers cache every position.
+    """
+
+    prompt_length: int
+    batch_size: int
+    layers: list[LayerStats] = field(default_factory=list)
+    kv_positions: dict[int, torch.Tensor] = field(default_factory=dict)
+    candidates: dict[int, torch.Tensor] = field(default_factory=dict)
+    probe_timer: IntervalTimer | None = field(default=None, repr=False)
+    total_timer: IntervalTimer | None = field(default=None, repr=False)
+
+    @property
+    def candidates_per_stage(self) -> dict[int, int]:
+        """Candidates in play in each stage (after the pruning that opens it)."""
+        out: dict[int, int] = {}
+        for layer in self.layers:
+            if layer.stage is not None:
+                out.setdefault(layer.stage, layer.candidates)
+        return out
+
+    @property
+    def kv_tokens(self) -> list[int]:
+        return [layer.kv_tokens for layer in self.layers]
+
+    @property
+    def kv_fraction(self) -> float:
+        """Cached tokens over what a full prefill caches (1.0 = no compression)."""
+        return sum(self.kv_tokens) / (self.prompt_length * len(self.layers)) if self.layers else 1.0
+
+    @property
+    def probe_seconds(self) -> float:
+        return self.probe_timer.seconds() if self.probe_timer else 0.0
+
+    @property
+    def prefill_seconds(self) -> float:
+        return self.total_timer.seconds() if self.total_timer else 0.0
+
+    @property
+    def probe_time_share(self) -> float:
+        total = self.prefill_seconds
+        return self.probe_seconds / total if total > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary."""
+        return {
+            "prompt_length": self.prompt_length,
+            "batch_size": self.batch_size,
+            "candidates_per_stage": self.candidates_per_stage,
+            "kv_tokens_per_layer": self.kv_tokens,
+            "kv_fraction": self.kv_fraction,
+            "attention_active_per_layer": [layer.attention_active for layer in self.layers],
+            "ffn_active_per_layer": [layer.ffn_active for layer in self.layers],
+            "probe_seconds": self.probe_seconds,
+            "prefill_seconds": self.prefill_seconds,
+            "probe_time_share": self.probe_time_share,
+        }
