@@ -1,0 +1,49 @@
+"""Selection and probing policies, checked against direct computations."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from spts.policies import attention_probe_scores, top_tokens
+
+
+@settings(deadline=None, max_examples=60)
+@given(n=st.integers(1, 64), k=st.integers(1, 80), batch=st.integers(1, 3), seed=st.integers(0, 10_000))
+def test_top_tokens_keeps_last_sorted_unique(n, k, batch, seed):
+    scores = torch.rand(batch, n, generator=torch.Generator().manual_seed(seed))
+    picked = top_tokens(scores, k)
+    assert picked.shape == (batch, min(k, n))
+    assert (picked[:, -1] == n - 1).all()
+    assert (picked.diff(dim=1) > 0).all()
+    if k < n:
+        for row in range(batch):
+            rest = [i for i in picked[row].tolist() if i != n - 1]
+            threshold = sorted(scores[row, :-1].tolist(), reverse=True)[len(rest) - 1] if rest else None
+            assert all(scores[row, i] >= threshold for i in rest) if rest else True
+
+
+def test_probe_scores_equal_mean_softmax_over_heads_with_gqa():
+    generator = torch.Generator().manual_seed(0)
+    queries = torch.randn(2, 6, 1, 8, generator=generator)  # 6 query heads
+    keys = torch.randn(2, 3, 10, 8, generator=generator)  # 3 KV heads: groups of 2
+    scores = attention_probe_scores(queries, keys, scaling=8**-0.5)
+    expected = torch.stack(
+        [
+            torch.softmax((queries[:, h, 0][:, None] * keys[:, h // 2]).sum(-1) * 8**-0.5, dim=-1)
+            for h in range(6)
+        ]
+    ).mean(0)
+    torch.testing.assert_close(scores, expected)
+    torch.testing.assert_close(scores.sum(-1), torch.ones(2))
+
+
+def test_multiple_probe_tokens_are_causal():
+    generator = torch.Generator().manual_seed(1)
+    queries = torch.randn(1, 2, 3, 4, generator=generator)
+    keys = torch.randn(1, 2, 7, 4, generator=generator)
+    scores = attention_probe_scores(queries, keys, 0.5, probe_offsets=torch.tensor([4, 5, 6]))
+    # Key 6 is visible only to the last probe token: its weight comes from one of three queries.
+    only_last = attention_probe_scores(queries[:, :, 2:], keys, 0.5)[0, 6] / 3
+    torch.testing.assert_close(scores[0, 6], only_last)
