@@ -23,7 +23,7 @@ def test_presets_match_the_paper():
 
 
 def test_unknown_preset_lists_known_ones():
-    with pytest.raises(ValueError, match="llama-3.1-8b"):
+    with pytest.raises(ValueError, match=r"llama-3\.1-8b"):
         SPTSConfig.preset("gpt-5")
 
 

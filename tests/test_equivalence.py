@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ATTENTION, FAMILIES, tiny_model
 
 import spts
+from conftest import ATTENTION, FAMILIES, tiny_model
 from spts import SPTSConfig
 
 UNLIMITED = SPTSConfig(start_layer=1, stage_boundaries=(3, 5), budgets=(4096, 4096, 4096), delta=0)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_model
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import spts
+from conftest import tiny_model
 from spts import SPTSConfig, UnsupportedInputError, UnsupportedModelError
 
 SMALL = SPTSConfig(start_layer=1, stage_boundaries=(3,), budgets=(8, 4), delta=1)

@@ -30,10 +30,7 @@ def test_probe_scores_equal_mean_softmax_over_heads_with_gqa():
     keys = torch.randn(2, 3, 10, 8, generator=generator)  # 3 KV heads: groups of 2
     scores = attention_probe_scores(queries, keys, scaling=8**-0.5)
     expected = torch.stack(
-        [
-            torch.softmax((queries[:, h, 0][:, None] * keys[:, h // 2]).sum(-1) * 8**-0.5, dim=-1)
-            for h in range(6)
-        ]
+        [torch.softmax((queries[:, h, 0][:, None] * keys[:, h // 2]).sum(-1) * 8**-0.5, dim=-1) for h in range(6)]
     ).mean(0)
     torch.testing.assert_close(scores, expected)
     torch.testing.assert_close(scores.sum(-1), torch.ones(2))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import FAMILIES, family_module, tiny_model
 
 import spts
+from conftest import FAMILIES, family_module, tiny_model
 from spts import SPTSConfig
 
 SMALL = SPTSConfig(start_layer=1, stage_boundaries=(3, 5), budgets=(24, 12, 6), delta=3)
@@ -163,14 +163,14 @@ def test_generate_greedy_and_sampling_on_compressed_cache(family):
     model = tiny_model(family)
     ids = _prompt(model, seed=8)
     with spts.enabled(model, SMALL):
-        greedy = model.generate(
-            ids, max_new_tokens=6, do_sample=False, return_dict_in_generate=True, pad_token_id=0
-        )
+        greedy = model.generate(ids, max_new_tokens=6, do_sample=False, return_dict_in_generate=True, pad_token_id=0)
         # A hand-written decode loop over the same compressed cache gives the same tokens.
         out = model(ids, use_cache=True)
         cache, tokens = out.past_key_values, [out.logits[:, -1].argmax(-1, keepdim=True)]
         for _ in range(5):
-            tokens.append(model(tokens[-1], past_key_values=cache, use_cache=True).logits[:, -1].argmax(-1, keepdim=True))
+            tokens.append(
+                model(tokens[-1], past_key_values=cache, use_cache=True).logits[:, -1].argmax(-1, keepdim=True)
+            )
         torch.manual_seed(0)
         sampled = model.generate(ids, max_new_tokens=6, do_sample=True, top_k=20, pad_token_id=0)
     assert torch.equal(greedy.sequences[:, PROMPT:], torch.cat(tokens, dim=1))

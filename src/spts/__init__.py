@@ -1,10 +1,10 @@
 """spts: self-predictive token skipping for fast long-context inference with transformers.
 
-    import spts
-    spts.enable(model, spts.SPTSConfig.for_model(model))
-    out = model.generate(input_ids, max_new_tokens=32)   # skipping prefill, compressed KV cache
-    print(spts.last_stats(model).to_dict())
-    spts.disable(model)                                  # exactly the original model again
+import spts
+spts.enable(model, spts.SPTSConfig.for_model(model))
+out = model.generate(input_ids, max_new_tokens=32)   # skipping prefill, compressed KV cache
+print(spts.last_stats(model).to_dict())
+spts.disable(model)                                  # exactly the original model again
 """
 
 from spts.adapters import supported_model_types

@@ -41,9 +41,7 @@ class DecoderAdapter:
         self.config = model.config
         self.num_heads: int = self.config.num_attention_heads
         self.num_kv_heads: int = getattr(self.config, "num_key_value_heads", None) or self.num_heads
-        self.head_dim: int = getattr(self.config, "head_dim", None) or (
-            self.config.hidden_size // self.num_heads
-        )
+        self.head_dim: int = getattr(self.config, "head_dim", None) or (self.config.hidden_size // self.num_heads)
 
     # ---------------------------------------------------------------- structure
     def decoder(self) -> nn.Module:

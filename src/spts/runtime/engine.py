@@ -32,9 +32,7 @@ SUPPORTED_ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3"
 class SPTSRuntime:
     """The SPTS state attached to one model: its config, policies, patches and last statistics."""
 
-    def __init__(
-        self, model: nn.Module, adapter: DecoderAdapter, config: SPTSConfig, ffn_scorer: FFNScorer
-    ) -> None:
+    def __init__(self, model: nn.Module, adapter: DecoderAdapter, config: SPTSConfig, ffn_scorer: FFNScorer) -> None:
         self.model = model
         self.adapter = adapter
         self.config = config
@@ -97,9 +95,7 @@ class SPTSRuntime:
             probe_timer=IntervalTimer(tokens.device),
             total_timer=IntervalTimer(tokens.device),
         )
-        stats.layers.extend(
-            LayerStats(i, None, length, length, length, length) for i in range(self.config.start_layer)
-        )
+        stats.layers.extend(LayerStats(i, None, length, length, length, length) for i in range(self.config.start_layer))
         stats.total_timer.start()
         self.state = PrefillState(
             plans=plan_layers(self.config, self.num_layers, length), candidates=None, scores=None, stats=stats
