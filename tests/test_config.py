@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from spts import PRESETS, SPTSConfig
+from spts.config import PRESET_SHAPES
 from spts.policies import plan_layers
 
 
@@ -19,7 +20,9 @@ def test_presets_match_the_paper():
     assert qwen.budgets == (13312, 10240, 7168, 4096)
     pangu = SPTSConfig.preset("openpangu-1b")
     assert (pangu.start_layer, pangu.stage_boundaries) == (11, (13, 16, 19, 22))
-    assert set(PRESETS) == {"llama-3.1-8b", "qwen2.5-7b", "openpangu-1b"}
+    assert {"llama-3.1-8b", "qwen2.5-7b", "openpangu-1b"} <= set(PRESETS)
+    for preset in PRESETS.values():
+        preset.validate_for(PRESET_SHAPES[preset.name][0])
 
 
 def test_unknown_preset_lists_known_ones():
@@ -61,6 +64,9 @@ def test_for_model_keeps_relative_depth_and_scales_budgets():
     smol = SPTSConfig.for_model(_FakeConfig(30, 8192))
     assert smol.start_layer == 10 and smol.stage_boundaries == (13, 17, 21, 26)
     assert smol.budgets == (3328, 2560, 1792, 1024) and smol.delta == 512
+    fractions = SPTSConfig.for_model(_FakeConfig(24, 32768), reference="smollm2-135m")
+    assert fractions.start_layer == 14 and fractions.stage_boundaries == (16, 18, 21)
+    assert fractions.budgets == (0.3, 0.2, 0.1, 0.05) and fractions.delta == 0.03 and fractions.pool_kernel == 13
     tiny = SPTSConfig.for_model(_FakeConfig(4, 512))
     tiny.validate_for(4)
     assert tiny.start_layer >= 1 and all(b < 4 for b in tiny.stage_boundaries)
@@ -80,6 +86,8 @@ def test_for_model_keeps_relative_depth_and_scales_budgets():
         ({"budgets": (10, "all", 5)}, r"budgets\[1\] must be an int"),
         ({"delta": -1}, "delta=-1"),
         ({"probe_tokens": 0}, "probe_tokens must be >= 1"),
+        ({"pool_kernel": 4}, "pool_kernel must be odd"),
+        ({"pool_kernel": 0}, "pool_kernel must be >= 1"),
         ({"prune": "yes"}, "prune must be a bool"),
     ],
 )

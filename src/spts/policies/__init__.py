@@ -1,7 +1,7 @@
 """Selection policies: which tokens a skipping layer computes (PAP), which run the FFN, the schedule (MSDP)."""
 
 from spts.policies.ffn import AttentionScoreFFN, FFNScorer
-from spts.policies.probe import attention_probe_scores
+from spts.policies.probe import attention_probe_scores, pool_scores
 from spts.policies.schedule import LayerPlan, plan_layers
 from spts.policies.selection import top_tokens
 
@@ -11,5 +11,6 @@ __all__ = [
     "LayerPlan",
     "attention_probe_scores",
     "plan_layers",
+    "pool_scores",
     "top_tokens",
 ]

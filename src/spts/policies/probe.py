@@ -34,3 +34,8 @@ def attention_probe_scores(
         visible = torch.arange(n_keys, device=keys.device)[None, :] <= probe_offsets[:, None]  # (P, C)
         logits = logits.masked_fill(~visible.repeat(group, 1), float("-inf"))
     return logits.softmax(dim=-1).mean(dim=(1, 2))
+
+
+def pool_scores(scores: torch.Tensor, kernel: int) -> torch.Tensor:
+    """Max-pool (B, C) scores over neighbouring candidates, so a token inherits its neighbours' importance."""
+    return torch.nn.functional.max_pool1d(scores[:, None], kernel, stride=1, padding=kernel // 2)[:, 0]

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from spts.policies import attention_probe_scores, top_tokens
+from spts.policies import attention_probe_scores, pool_scores, top_tokens
 from spts.runtime.stats import LayerStats, PrefillStats
 
 if TYPE_CHECKING:
@@ -98,6 +98,8 @@ def skipping_prefill(
         if n_probe > 1:
             offsets = torch.arange(n_candidates - n_probe, n_candidates, device=x.device)
         scores = attention_probe_scores(probe_queries, keys, attention.scaling, offsets)
+        if config.pool_kernel > 1:
+            scores = pool_scores(scores, config.pool_kernel)
         state.stats.probe_timer.stop()
         state.scores = scores
 
