@@ -35,8 +35,8 @@ def test_unknown_preset_and_wrong_config_type():
         spts.enable(model, "fast")
     with pytest.raises(TypeError, match="config must be an SPTSConfig"):
         spts.enable(model, {"start_layer": 1})
-    with pytest.raises(TypeError, match="proxies must be an FFNScorer"):
-        spts.enable(model, SMALL, proxies="proxies.safetensors")
+    with pytest.raises(TypeError, match="proxies must be LTP proxies"):
+        spts.enable(model, SMALL, proxies=42)
 
 
 def test_empty_prompt():

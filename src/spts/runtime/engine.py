@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -18,14 +19,17 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from spts.adapters import DecoderAdapter, adapter_for
+from spts.calibration.proxy_file import LTPProxies, ProxyFileError, load_proxies
 from spts.config import SPTSConfig
 from spts.errors import UnsupportedInputError, UnsupportedModelError
 from spts.policies import AttentionScoreFFN, FFNScorer, plan_layers
+from spts.policies.ltp import LTPScorer
 from spts.runtime.prefill import PrefillState, skipping_prefill
 from spts.runtime.stats import LayerStats, PrefillStats
 from spts.runtime.timing import IntervalTimer
 
 _RUNTIME_ATTR = "_spts_runtime"
+ProxySpec = LTPProxies | FFNScorer | str | os.PathLike | None
 SUPPORTED_ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3")
 
 
@@ -181,10 +185,39 @@ def _check_model(adapter: DecoderAdapter, config: SPTSConfig, model: nn.Module) 
         )
 
 
+def _ffn_policy(model: nn.Module, adapter: DecoderAdapter, config: SPTSConfig, proxies: ProxySpec) -> FFNScorer:
+    """The FFN scorer for ``proxies``: attention alone, a given scorer, or LTP from proxies/a proxy file."""
+    if proxies is None:
+        return AttentionScoreFFN()
+    if isinstance(proxies, str | os.PathLike):
+        proxies = load_proxies(proxies)
+    if isinstance(proxies, LTPProxies):
+        proxies.check_model(model)
+        missing = [i for i in range(config.start_layer, len(adapter.layers())) if i not in proxies.layers]
+        if missing:
+            raise ProxyFileError(f"the LTP proxies lack layers {missing}, which this config skips; calibrate again")
+        parameter = next(model.parameters())
+        layers = adapter.layers()
+        return LTPScorer(
+            proxies={
+                i: proxies.layers[i].to(parameter.device, parameter.dtype)
+                for i in range(config.start_layer, len(layers))
+            },
+            activations={i: adapter.mlp(layers[i]).act_fn for i in range(config.start_layer, len(layers))},
+            variant=proxies.meta.variant,
+        )
+    if isinstance(proxies, FFNScorer):
+        return proxies
+    raise TypeError(
+        "proxies must be LTP proxies (spts.calibration.LTPProxies), a proxy file path, or an FFNScorer "
+        f"(an object with needs_inputs, reuses_attention_selection and score()); got {type(proxies).__name__}"
+    )
+
+
 def enable(
     model: nn.Module,
     config: SPTSConfig | str | None = None,
-    proxies: FFNScorer | None = None,
+    proxies: ProxySpec = None,
 ) -> nn.Module:
     """Make ``model``'s prefill skip tokens as SPTS does; returns the same (patched) model.
 
@@ -192,8 +225,9 @@ def enable(
         model: a supported transformers causal LM (see ``spts.supported_model_types()``).
         config: an :class:`SPTSConfig`, a preset name, or None to derive one for this model
             (:meth:`SPTSConfig.for_model`).
-        proxies: the FFN scoring policy (an :class:`FFNScorer`); None scores the FFN by the
-            attention probe alone.
+        proxies: LTP proxies (:class:`spts.calibration.LTPProxies` or the path of a proxy file from
+            ``spts calibrate``), checked against this model; or any :class:`FFNScorer`. None scores
+            the FFN by the attention probe alone.
 
     Enabling an already enabled model replaces its config. Generation then decodes from the
     per-layer compressed cache; :func:`disable` restores the original behaviour exactly.
@@ -205,16 +239,10 @@ def enable(
         config = SPTSConfig.for_model(model)
     if not isinstance(config, SPTSConfig):
         raise TypeError(f"config must be an SPTSConfig or a preset name, got {type(config).__name__}")
-    if proxies is None:
-        proxies = AttentionScoreFFN()
-    elif not isinstance(proxies, FFNScorer):
-        raise TypeError(
-            f"proxies must be an FFNScorer (an object with needs_inputs, reuses_attention_selection and score()), "
-            f"got {type(proxies).__name__}"
-        )
     _check_model(adapter, config, model)
+    scorer = _ffn_policy(model, adapter, config, proxies)
     disable(model)
-    runtime = SPTSRuntime(model, adapter, config, proxies)
+    runtime = SPTSRuntime(model, adapter, config, scorer)
     runtime.install()
     model.__dict__[_RUNTIME_ATTR] = runtime
     return model
@@ -248,9 +276,7 @@ def last_stats(model: nn.Module) -> PrefillStats:
 
 
 @contextlib.contextmanager
-def enabled(
-    model: nn.Module, config: SPTSConfig | str | None = None, proxies: FFNScorer | None = None
-) -> Iterator[nn.Module]:
+def enabled(model: nn.Module, config: SPTSConfig | str | None = None, proxies: ProxySpec = None) -> Iterator[nn.Module]:
     """``with spts.enabled(model, config): ...`` runs the block with SPTS and always disables it after."""
     enable(model, config, proxies)
     try:
