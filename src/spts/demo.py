@@ -35,6 +35,7 @@ class DemoResult:
     needle: str
     config: SPTSConfig
     device: str
+    ltp: bool
     full: DemoRun
     spts: DemoRun
 
@@ -48,6 +49,7 @@ class DemoResult:
             "prompt_tokens": self.prompt_tokens,
             "needle": self.needle,
             "device": self.device,
+            "ltp": self.ltp,
             "config": self.config.to_dict(),
             "ttft_speedup": self.speedup,
             "full": self.full.__dict__,
@@ -81,6 +83,7 @@ def run_demo(
     model_name: str,
     prompt_tokens: int = 6000,
     config: SPTSConfig | None = None,
+    proxies: Any = None,
     max_new_tokens: int = 24,
     repeats: int = 2,
     seed: int = 0,
@@ -102,20 +105,20 @@ def run_demo(
         results["full"] = _prefill(model, ids)
 
     def spts_prefill() -> None:
-        with spts.enabled(model, config):
+        with spts.enabled(model, config, proxies):
             results["spts"] = _prefill(model, ids)
 
     warm_ids = ids[:, -256:]
     with torch.inference_mode():  # warm-up on a short prompt: kernels and allocator, not a full prefill
         model(warm_ids)
-        with spts.enabled(model, config):
+        with spts.enabled(model, config, proxies):
             model(warm_ids)
     timings = time_calls({"full": full_prefill, "spts": spts_prefill}, device, repeats=repeats, warmup=0)
     runs = {}
     for method, (logits, cache) in results.items():
         kv_tokens = sum(spts.cache_tokens_per_layer(cache))
         kv_bytes = cache_nbytes(cache)
-        with spts.enabled(model, config) if method == "spts" else contextlib.nullcontext():
+        with spts.enabled(model, config, proxies) if method == "spts" else contextlib.nullcontext():
             answer = _greedy_continue(model, tokenizer, logits, cache, max_new_tokens)
         runs[method] = DemoRun(
             method=method,
@@ -132,6 +135,7 @@ def run_demo(
         needle=prompt.answer,
         config=config,
         device=str(device),
+        ltp=proxies is not None,
         full=runs["full"],
         spts=runs["spts"],
     )
