@@ -18,7 +18,7 @@ import torch
 
 from spts.adapters import adapter_for
 from spts.data.haystack import build_needle_prompt, prompt_input_ids
-from spts.policies import attention_probe_scores
+from spts.policies import probe_layer_input
 from spts.zoo import load_pretrained
 
 
@@ -40,11 +40,7 @@ def main() -> None:
 
     def probe(layer, args_, kwargs, idx):
         hidden = args_[0] if args_ else kwargs["hidden_states"]
-        cos, sin = kwargs["position_embeddings"]
-        normed = adapter.input_norm(layer, hidden)
-        keys = adapter.keys(layer, normed, cos, sin)
-        query = adapter.queries(layer, normed[:, -1:], cos[:, -1:], sin[:, -1:])
-        scores = attention_probe_scores(query, keys, adapter.attention(layer).scaling)[0]
+        scores = probe_layer_input(adapter, layer, hidden, kwargs["position_embeddings"])[0]
         rank = int((scores > scores[needle_pos]).sum())
         rows.append((idx, rank, float(scores[needle_pos]), float(scores[0])))
 

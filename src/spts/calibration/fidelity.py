@@ -16,7 +16,7 @@ from torch import nn
 
 from spts.adapters import adapter_for
 from spts.calibration.proxy_file import LTPProxies
-from spts.policies import attention_probe_scores
+from spts.policies import probe_layer_input
 from spts.policies.ltp import VARIANTS
 
 
@@ -87,11 +87,7 @@ def fidelity_report(
 
     def probe(module, args, kwargs, idx):
         hidden = args[0] if args else kwargs["hidden_states"]
-        cos, sin = kwargs["position_embeddings"]
-        normed = adapter.input_norm(module, hidden)
-        keys = adapter.keys(module, normed, cos, sin)
-        query = adapter.queries(module, normed[:, -1:], cos[:, -1:], sin[:, -1:])
-        attention_scores[idx] = attention_probe_scores(query, keys, adapter.attention(module).scaling)[0]
+        attention_scores[idx] = probe_layer_input(adapter, module, hidden, kwargs["position_embeddings"])[0]
 
     def compare(module, args, output, idx):
         x = args[0][0]

@@ -1,7 +1,7 @@
 """Selection policies: which tokens a skipping layer computes (PAP), which run the FFN, the schedule (MSDP)."""
 
 from spts.policies.ffn import AttentionScoreFFN, FFNScorer
-from spts.policies.probe import attention_probe_scores, pool_scores
+from spts.policies.probe import attention_probe_scores, pool_scores, probe_layer_input
 from spts.policies.schedule import LayerPlan, plan_layers
 from spts.policies.selection import top_tokens
 
@@ -12,5 +12,6 @@ __all__ = [
     "attention_probe_scores",
     "plan_layers",
     "pool_scores",
+    "probe_layer_input",
     "top_tokens",
 ]

@@ -39,3 +39,16 @@ def attention_probe_scores(
 def pool_scores(scores: torch.Tensor, kernel: int) -> torch.Tensor:
     """Max-pool (B, C) scores over neighbouring candidates, so a token inherits its neighbours' importance."""
     return torch.nn.functional.max_pool1d(scores[:, None], kernel, stride=1, padding=kernel // 2)[:, 0]
+
+
+def probe_layer_input(adapter, layer, hidden: torch.Tensor, position_embeddings) -> torch.Tensor:
+    """PAP scores (B, n) of every token of a full layer input, probed by the last token's query.
+
+    For analysis (fidelity reports, attention studies) on the unmodified model; the skipping
+    prefill computes the same scores over its candidates, reusing the keys for attention.
+    """
+    cos, sin = position_embeddings
+    normed = adapter.input_norm(layer, hidden)
+    keys = adapter.keys(layer, normed, cos, sin)
+    query = adapter.queries(layer, normed[:, -1:], cos[:, -1:], sin[:, -1:])
+    return attention_probe_scores(query, keys, adapter.attention(layer).scaling)
