@@ -85,3 +85,15 @@ def test_enable_twice_replaces_config_and_disable_restores_foreign_forward():
     assert all("forward" not in model.model.layers[i].__dict__ for i in (1, 3, 4, 5))
     model(torch.zeros(1, 4, dtype=torch.long))
     assert calls == [1]
+
+
+def test_enabled_block_restores_the_previous_setup():
+    model = tiny_model("llama")
+    spts.enable(model, UNLIMITED)
+    with spts.enabled(model, UNLIMITED.with_(start_layer=2)):
+        assert model.__dict__["_spts_runtime"].config.start_layer == 2
+    assert spts.is_enabled(model) and model.__dict__["_spts_runtime"].config.start_layer == 1
+    model(torch.zeros(1, 4, dtype=torch.long))
+    assert [layer.stage for layer in spts.last_stats(model).layers] == [None, 0, 0, 1, 1, 2]
+    spts.disable(model)
+    assert all("forward" not in layer.__dict__ for layer in model.model.layers)

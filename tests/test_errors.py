@@ -61,7 +61,10 @@ def test_padded_batch_is_refused():
 def test_static_cache_is_refused():
     model = tiny_model("llama")
     ids = torch.randint(0, 90, (1, 12))
-    with spts.enabled(model, SMALL), pytest.raises(UnsupportedInputError, match="needs a plain DynamicCache"):
+    with (
+        spts.enabled(model, SMALL),
+        pytest.raises(UnsupportedInputError, match="needs a DynamicCache of DynamicLayer layers; got StaticCache"),
+    ):
         model.generate(ids, max_new_tokens=2, cache_implementation="static", pad_token_id=0)
 
 
@@ -84,3 +87,39 @@ def test_stats_before_prefill_or_enable():
         spts.last_stats(model)
     with spts.enabled(model, SMALL), pytest.raises(ValueError, match="no SPTS prefill has run"):
         spts.last_stats(model)
+
+
+def test_output_attentions_is_refused():
+    model = tiny_model("llama", attn="eager")
+    with spts.enabled(model, SMALL), pytest.raises(UnsupportedInputError, match="output_attentions"):
+        model(torch.randint(0, 90, (1, 12)), output_attentions=True)
+
+
+def test_backend_switched_after_enable_is_refused_at_prefill():
+    model = tiny_model("llama")
+    with spts.enabled(model, SMALL):
+        model.config._attn_implementation = "flex_attention"
+        with pytest.raises(UnsupportedModelError, match="attention implementation 'flex_attention'"):
+            model(torch.randint(0, 90, (1, 12)))
+
+
+def test_model_split_across_devices_is_refused():
+    model = tiny_model("llama")
+    model.hf_device_map = {"model.layers.0": 0, "model.layers.1": 1}
+    with pytest.raises(UnsupportedModelError, match="split across devices"):
+        spts.enable(model, SMALL)
+
+
+def test_chunked_prefill_is_refused():
+    model = tiny_model("llama")
+    model.generation_config.prefill_chunk_size = 8
+    with pytest.raises(UnsupportedModelError, match="chunked prefill"):
+        spts.enable(model, SMALL)
+
+
+def test_calibration_needs_the_unmodified_model():
+    from spts.calibration import calibrate
+
+    model = tiny_model("llama")
+    with spts.enabled(model, SMALL), pytest.raises(ValueError, match=r"call spts.disable\(model\) first"):
+        calibrate(model, torch.randint(0, 90, (256,)), tokens=256, seq_len=128, progress=False)

@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from spts.adapters import adapter_for
-from spts.calibration.proxy_file import LTPProxies, ProxyMeta, model_identity
+from spts.calibration.proxy_file import LTPProxies, ProxyMeta, model_identity, require_unmodified
 from spts.errors import SPTSError
 from spts.policies.ltp import VARIANTS, LayerProxy
 
@@ -83,6 +83,7 @@ def channel_importance(model: nn.Module, chunks: Sequence[torch.Tensor], rho: fl
     used (the exact global top-rho would need every activation kept).
     """
     adapter = adapter_for(model)
+    require_unmodified(model)
     sums: dict[int, torch.Tensor] = {}
     handles = []
     for idx, layer in enumerate(adapter.layers()):

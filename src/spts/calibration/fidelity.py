@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from spts.adapters import adapter_for
-from spts.calibration.proxy_file import LTPProxies
+from spts.calibration.proxy_file import LTPProxies, require_unmodified
 from spts.policies import probe_layer_input
 from spts.policies.ltp import VARIANTS
 
@@ -76,6 +76,7 @@ def fidelity_report(
 ) -> FidelityReport:
     """Compare predictors of ``||FFN(x)||`` per layer on ``eval_ids`` (1, n) with the unmodified model."""
     adapter = adapter_for(model)
+    require_unmodified(model)
     n = eval_ids.shape[1]
     report = FidelityReport(tokens=n, top_m=max(1, math.ceil(top_fraction * n)))
     predictors = [*VARIANTS, "attention", "random"]

@@ -69,6 +69,12 @@ class LTPProxies:
                 )
 
 
+def require_unmodified(model: nn.Module) -> None:
+    """Calibration and fidelity measure the unmodified model; SPTS would hide the skipped tokens."""
+    if "_spts_runtime" in model.__dict__:
+        raise SPTSError("calibrate on the unmodified model: call spts.disable(model) first, enable SPTS after")
+
+
 def ffn_fingerprint(model: nn.Module) -> str:
     """A short hash of every layer's FFN weights: a strided sample of values plus all shapes.
 

@@ -28,8 +28,10 @@ def attention_probe_scores(
     kv_heads, n_keys = keys.shape[1], keys.shape[2]
     group = heads // kv_heads
     # (B, kv, group*P, d) @ (B, kv, d, C): each KV head serves its group without repeating keys.
-    grouped = probe_queries.reshape(batch, kv_heads, group * n_probe, dim)
-    logits = torch.matmul(grouped, keys.transpose(-1, -2)).float() * scaling
+    # In float32, scaled first: bf16 logits would be rounded by ~0.1 near 25, enough to reorder the
+    # tokens around the top-M cut, and fp16 products could overflow.
+    grouped = probe_queries.reshape(batch, kv_heads, group * n_probe, dim).float() * scaling
+    logits = torch.matmul(grouped, keys.float().transpose(-1, -2))
     if probe_offsets is not None:
         visible = torch.arange(n_keys, device=keys.device)[None, :] <= probe_offsets[:, None]  # (P, C)
         logits = logits.masked_fill(~visible.repeat(group, 1), float("-inf"))

@@ -92,6 +92,12 @@ class SPTSRuntime:
         batch, length = tokens.shape[0], tokens.shape[1]
         if length == 0:
             raise UnsupportedInputError("empty prompt: SPTS needs at least one token to prefill")
+        _check_attention_backend(self.model)
+        if kwargs.get("output_attentions") or getattr(self.model.config, "output_attentions", False):
+            raise UnsupportedInputError(
+                "output_attentions is not supported with SPTS: skipping layers attend among a subset of tokens and "
+                "return no full attention map; disable SPTS (spts.disable) to inspect attention"
+            )
         _check_prefill_inputs(kwargs.get("attention_mask"), cache)
         stats = PrefillStats(
             prompt_length=length,
@@ -160,28 +166,46 @@ def _check_prefill_inputs(attention_mask: Any, cache: Any) -> None:
     if cache is not None and (
         not isinstance(cache, DynamicCache) or not all(type(layer) is DynamicLayer for layer in cache.layers)
     ):
+        layer_types = sorted({type(layer).__name__ for layer in getattr(cache, "layers", [])})
         raise UnsupportedInputError(
-            f"SPTS stores a different number of tokens per layer and needs a plain DynamicCache; got "
-            f"{type(cache).__name__}. Do not pass cache_implementation='static' (or offloaded/quantized "
-            "caches) to generate while SPTS is enabled."
+            f"SPTS stores a different number of tokens per layer and needs a DynamicCache of DynamicLayer layers; "
+            f"got {type(cache).__name__} with {', '.join(layer_types) or 'no'} layers. Do not pass "
+            "cache_implementation='static' (or offloaded/quantized caches) to generate while SPTS is enabled."
         )
 
 
-def _check_model(adapter: DecoderAdapter, config: SPTSConfig, model: nn.Module) -> None:
-    num_layers = len(adapter.layers())
-    config.validate_for(num_layers)
+def _check_attention_backend(model: nn.Module) -> None:
     implementation = model.config._attn_implementation
     if implementation not in SUPPORTED_ATTENTION:
         raise UnsupportedModelError(
             f"attention implementation {implementation!r} is not supported by SPTS; load the model with "
             f"attn_implementation set to one of {', '.join(SUPPORTED_ATTENTION)}"
         )
+
+
+def _check_model(adapter: DecoderAdapter, config: SPTSConfig, model: nn.Module) -> None:
+    num_layers = len(adapter.layers())
+    config.validate_for(num_layers)
+    _check_attention_backend(model)
+    devices = {str(d) for d in (getattr(model, "hf_device_map", None) or {}).values()}
+    if len(devices) > 1 or (getattr(model, "tp_size", None) or 1) > 1:
+        raise UnsupportedModelError(
+            "SPTS runs on a model held by one device; this one is split across devices "
+            f"({', '.join(sorted(devices)) or 'tensor parallel'}). Load it with device_map on a single device."
+        )
+    generation_config = getattr(model, "generation_config", None)
+    if getattr(generation_config, "prefill_chunk_size", None):
+        raise UnsupportedModelError(
+            "chunked prefill (generation_config.prefill_chunk_size) is not supported: the probe needs the whole "
+            "prompt's last token; set prefill_chunk_size=None"
+        )
     windowed = [i for i in range(config.start_layer, num_layers) if adapter.sliding_window(i)]
     if windowed:
         raise UnsupportedModelError(
             f"layers {windowed[0]}..{windowed[-1]} use sliding-window attention "
             f"(sliding_window={adapter.sliding_window(windowed[0])}), which SPTS does not support in skipping "
-            "layers; use a checkpoint without a sliding window or start_layer past those layers"
+            "layers; use a checkpoint or config without a sliding window (e.g. Mistral v0.2+, Qwen with "
+            "use_sliding_window=False)"
         )
 
 
@@ -277,9 +301,14 @@ def last_stats(model: nn.Module) -> PrefillStats:
 
 @contextlib.contextmanager
 def enabled(model: nn.Module, config: SPTSConfig | str | None = None, proxies: ProxySpec = None) -> Iterator[nn.Module]:
-    """``with spts.enabled(model, config): ...`` runs the block with SPTS and always disables it after."""
+    """``with spts.enabled(model, config): ...`` runs the block with SPTS, then puts back what was there before
+    (the original model, or the SPTS setup it had)."""
+    previous = model.__dict__.get(_RUNTIME_ATTR)
     enable(model, config, proxies)
     try:
         yield model
     finally:
         disable(model)
+        if previous is not None:
+            previous.install()
+            model.__dict__[_RUNTIME_ATTR] = previous

@@ -81,6 +81,7 @@ def skipping_prefill(
     else:
         x, cos, sin = (gather_rows(t, candidates) for t in (hidden_states, cos, sin))
     n_candidates = x.shape[1]
+    assert n_candidates == plan.candidates, "the schedule and the pruning disagree"
     budget = plan.budget
 
     normed = adapter.input_norm(layer, x)
