@@ -133,7 +133,7 @@ def summarize(jsonl: Path, args: argparse.Namespace) -> None:
         "|---|---|---|---|---|",
     ]
     full_kv = next((r["kv_tokens"] for r in rows if r["config"] == "full model"), None)
-    for name in dict.fromkeys(r["config"] for r in rows):
+    for name in sorted({r["config"] for r in rows}, key=list(CONFIGS).index):
         group = [r for r in rows if r["config"] == name]
         seconds = sorted(r["prefill_seconds"] for r in group)[len(group) // 2]
         kv = sum(r["kv_tokens"] for r in group) / len(group)

@@ -77,7 +77,7 @@ def demo(
             "full model" if run.method == "full" else "SPTS",
             run.answer,
             "yes" if run.correct else "NO",
-            f"{run.ttft_seconds:.2f} ± {run.ttft_spread / 2:.2f}",
+            f"{run.ttft_seconds:.2f}" + (f" ± {run.ttft_spread / 2:.2f}" if repeats > 1 else ""),
             f"{run.kv_cache_bytes / 2**20:.1f} MiB ({run.kv_tokens} token-layers)",
         )
     console.print(table)
@@ -88,7 +88,7 @@ def demo(
     if json_out:
         record = result.to_dict() | {
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": f"{platform.node()} {platform.machine()} {platform.processor()}".strip(),
+            "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores",
             "torch": torch.__version__,
         }
         json_out.write_text(json.dumps(record, indent=2))
