@@ -128,7 +128,7 @@ def skipping_prefill(
     update = adapter.attention_output(layer, attn_out)
     x = x + update if active is None else scatter_rows(x, active, gather_rows(x, active) + update)
 
-    # FFN on the tokens the FFN policy ranks highest (the attention's choice until LTP proxies exist).
+    # FFN on the tokens the FFN policy ranks highest: ||f(x)|| * S_MHA with LTP proxies, S_MHA without.
     scorer = runtime.ffn_scorer
     ffn_active: torch.Tensor | None = None
     ffn_inputs: torch.Tensor | None = None
@@ -139,7 +139,7 @@ def skipping_prefill(
             ffn_inputs = adapter.post_attention_norm(layer, x) if scorer.needs_inputs else None
             ffn_active = top_tokens(scorer.score(layer_idx, ffn_inputs, scores), budget)
     if ffn_active is None:
-        x = x + adapter.ffn(layer, adapter.post_attention_norm(layer, x) if ffn_inputs is None else ffn_inputs)
+        x = x + adapter.ffn(layer, adapter.post_attention_norm(layer, x))
     else:
         rows = gather_rows(x, ffn_active)
         normed_rows = (
