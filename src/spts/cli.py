@@ -194,3 +194,44 @@ def calibrate(
     report_path = Path(str(path).removesuffix(".safetensors") + ".fidelity.json")
     report_path.write_text(json.dumps(record, indent=2))
     console.print(f"wrote {path} and {report_path}")
+
+
+@app.command()
+def bench(
+    model: Annotated[
+        str, typer.Option(help="a random-weight shape (llama-3.1-8b, qwen2.5-7b, ...), zoo model or model folder")
+    ] = "smollm2-135m",
+    lengths: Annotated[str, typer.Option(help="comma-separated prompt lengths")] = "1024,2048",
+    preset: Annotated[str | None, typer.Option(help="SPTS preset; default: the model's, else derived")] = None,
+    out: Annotated[Path, typer.Option(help="output folder (rows.jsonl, summary.json, table.md, speedup.png)")] = Path(
+        "runs/bench"
+    ),
+    repeats: Annotated[int, typer.Option()] = 3,
+    warmup: Annotated[int, typer.Option()] = 1,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda; default: cuda if available")] = None,
+    random_weights: Annotated[bool, typer.Option(help="for a zoo name: its shape with random weights")] = True,
+) -> None:
+    """Prefill TTFT of the full model vs SPTS and its ablations over prompt lengths (resumable)."""
+    import torch
+
+    from spts import PRESETS, SPTSConfig
+    from spts.bench import SHAPES, random_model, run_bench, write_reports
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    if model in SHAPES and random_weights:
+        lm = random_model(model, dtype, device)
+    else:
+        lm, _ = _load_model(model, dtype, device)
+    preset = preset or (model if model in PRESETS else None)
+    config = SPTSConfig.preset(preset) if preset else SPTSConfig.for_model(lm)
+    rows = run_bench(lm, config, [int(n) for n in lengths.split(",")], out, repeats=repeats, warmup=warmup)
+    header = (
+        f"{model} ({'random weights' if model in SHAPES and random_weights else 'checkpoint'}), {device}, "
+        f"{str(dtype).removeprefix('torch.')}, torch {torch.__version__}, {platform.node()} "
+        f"{platform.machine()} {os.cpu_count()} cores, {datetime.now(UTC):%Y-%m-%d}; SPTS config {config.name}: "
+        f"start {config.start_layer}, boundaries {config.stage_boundaries}, budgets {config.budgets}, "
+        f"delta {config.delta}. Command: spts bench {' '.join(sys.argv[2:])}"
+    )
+    write_reports(rows, out, header)
+    console.print((out / "table.md").read_text())

@@ -1,0 +1,48 @@
+"""The prefill benchmark runs end to end on a tiny model, writes every output and resumes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import tiny_model
+from spts import SPTSConfig
+from spts.bench import SHAPES, random_model, run_bench, write_reports
+
+CONFIG = SPTSConfig(start_layer=2, stage_boundaries=(4,), budgets=(0.5, 0.25), delta=0.05)
+
+
+def test_bench_writes_every_figure_for_every_method_and_length(tmp_path):
+    model = tiny_model("llama")
+    rows = run_bench(model, CONFIG, [64, 128], tmp_path, repeats=2, warmup=1, progress=False)
+    assert [(r.length, r.method) for r in rows] == [
+        (n, m) for n in (64, 128) for m in ("full", "pap", "pap+ffn", "spts")
+    ]
+    for row in rows:
+        assert row.ttft_median_s > 0 and row.speedup > 0 and row.kv_cache_bytes > 0
+        assert row.peak_memory_bytes is None  # CPU
+    by_method = {(r.length, r.method): r for r in rows}
+    assert by_method[(128, "full")].kv_fraction == 1.0 and by_method[(128, "full")].speedup == 1.0
+    assert by_method[(128, "spts")].kv_cache_bytes < by_method[(128, "full")].kv_cache_bytes
+    assert 0 < by_method[(128, "spts")].probe_time_share < 1
+
+    write_reports(rows, tmp_path, "tiny llama, CPU")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert len(summary["rows"]) == 8
+    assert (tmp_path / "table.md").read_text().count("\n| ") == 9  # header row + 8 rows
+    assert (tmp_path / "speedup.png").stat().st_size > 0
+
+    # Resuming: finished rows are read back, not measured again.
+    lines = (tmp_path / "rows.jsonl").read_text().splitlines()
+    again = run_bench(model, CONFIG, [64, 128], tmp_path, repeats=2, warmup=1, progress=False)
+    assert again == rows
+    assert (tmp_path / "rows.jsonl").read_text().splitlines() == lines
+
+
+def test_random_model_shapes():
+    model = random_model("smollm2-135m")
+    assert model.config.model_type == "llama" and model.config.num_hidden_layers == 30
+    assert set(SHAPES) >= {"llama-3.1-8b", "qwen2.5-7b", "qwen2.5-0.5b"}
+    with pytest.raises(ValueError, match="unknown model shape 'gpt-9'"):
+        random_model("gpt-9")
