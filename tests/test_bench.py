@@ -17,7 +17,7 @@ def test_bench_writes_every_figure_for_every_method_and_length(tmp_path):
     model = tiny_model("llama")
     rows = run_bench(model, CONFIG, [64, 128], tmp_path, repeats=2, warmup=1, progress=False)
     assert [(r.length, r.method) for r in rows] == [
-        (n, m) for n in (64, 128) for m in ("full", "pap", "pap+ffn", "spts")
+        (n, m) for n in (64, 128) for m in ("full", "pap", "pap+ffn", "spts", "ceiling")
     ]
     for row in rows:
         assert row.ttft_median_s > 0 and row.speedup > 0 and row.kv_cache_bytes > 0
@@ -26,11 +26,13 @@ def test_bench_writes_every_figure_for_every_method_and_length(tmp_path):
     assert by_method[(128, "full")].kv_fraction == 1.0 and by_method[(128, "full")].speedup == 1.0
     assert by_method[(128, "spts")].kv_cache_bytes < by_method[(128, "full")].kv_cache_bytes
     assert 0 < by_method[(128, "spts")].probe_time_share < 1
+    assert by_method[(128, "ceiling")].probe_time_share == 0  # free selection: no probe
+    assert by_method[(128, "ceiling")].kv_cache_bytes == by_method[(128, "spts")].kv_cache_bytes
 
     write_reports(rows, tmp_path, "tiny llama, CPU")
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert len(summary["rows"]) == 8
-    assert (tmp_path / "table.md").read_text().count("\n| ") == 9  # header row + 8 rows
+    assert len(summary["rows"]) == 10
+    assert (tmp_path / "table.md").read_text().count("\n| ") == 11  # header row + 10 rows
     assert (tmp_path / "speedup.png").stat().st_size > 0
 
     # Resuming: finished rows are read back, not measured again.

@@ -35,6 +35,8 @@ def test_unknown_preset_and_wrong_config_type():
         spts.enable(model, "fast")
     with pytest.raises(TypeError, match="config must be an SPTSConfig"):
         spts.enable(model, {"start_layer": 1})
+    with pytest.raises(ValueError, match="selection must be 'probe' or 'random'"):
+        spts.enable(model, SMALL, selection="oracle")
     with pytest.raises(TypeError, match="proxies must be LTP proxies"):
         spts.enable(model, SMALL, proxies=42)
 

@@ -68,13 +68,18 @@ def random_model(shape: str, dtype: torch.dtype = torch.float32, device: str = "
     return model.eval()
 
 
-def ablations(config: SPTSConfig) -> dict[str, SPTSConfig | None]:
-    """The methods compared: the full model, PAP only, PAP + FFN skipping, and the whole of SPTS."""
+Method = tuple[SPTSConfig | None, str]
+
+
+def ablations(config: SPTSConfig) -> dict[str, Method]:
+    """The methods compared: the full model, PAP only, PAP + FFN skipping, the whole of SPTS, and the
+    ceiling: SPTS's schedule with free random selection (what the schedule allows at zero probe cost)."""
     return {
-        "full": None,
-        "pap": config.with_(skip_ffn=False, prune=False),
-        "pap+ffn": config.with_(prune=False),
-        "spts": config,
+        "full": (None, "probe"),
+        "pap": (config.with_(skip_ffn=False, prune=False), "probe"),
+        "pap+ffn": (config.with_(prune=False), "probe"),
+        "spts": (config, "probe"),
+        "ceiling": (config, "random"),
     }
 
 
@@ -93,19 +98,22 @@ class BenchRow:
     peak_memory_bytes: int | None  # None on CPU, where torch has no per-call peak
 
 
-def _prefill_fn(model: nn.Module, ids: torch.Tensor, config: SPTSConfig | None, proxies: Any) -> Callable[[], Any]:
+def _prefill_fn(model: nn.Module, ids: torch.Tensor, method: Method, proxies: Any) -> Callable[[], Any]:
+    config, selection = method
+
     def run() -> Any:
         with torch.inference_mode():
             if config is None:
                 return model(ids, use_cache=True, logits_to_keep=1)
-            with spts.enabled(model, config, proxies):
+            with spts.enabled(model, config, proxies, selection):
                 return model(ids, use_cache=True, logits_to_keep=1)
 
     return run
 
 
-def _measure_once(model: nn.Module, ids: torch.Tensor, config: SPTSConfig | None, proxies: Any) -> dict[str, Any]:
+def _measure_once(model: nn.Module, ids: torch.Tensor, method: Method, proxies: Any) -> dict[str, Any]:
     """Cache size, probe share and peak memory of one extra, untimed call."""
+    config, selection = method
     device = ids.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -114,7 +122,7 @@ def _measure_once(model: nn.Module, ids: torch.Tensor, config: SPTSConfig | None
         if config is None:
             out = model(ids, use_cache=True, logits_to_keep=1)
         else:
-            with spts.enabled(model, config, proxies):
+            with spts.enabled(model, config, proxies, selection):
                 out = model(ids, use_cache=True, logits_to_keep=1)
                 stats = spts.last_stats(model)
                 probe_share, kv_fraction = stats.probe_time_share, stats.kv_fraction
@@ -153,12 +161,12 @@ def run_bench(
         if all((length, m) in done for m in methods):
             continue
         ids = torch.randint(0, model.config.vocab_size, (1, length), generator=generator).to(device)
-        calls = {name: _prefill_fn(model, ids, cfg, proxies) for name, cfg in methods.items()}
+        calls = {name: _prefill_fn(model, ids, method, proxies) for name, method in methods.items()}
         timings = time_calls(calls, device, repeats=repeats, warmup=warmup)
         full = timings["full"].median
         with jsonl.open("a") as sink:
-            for name, cfg in methods.items():
-                extra = _measure_once(model, ids, cfg, proxies)
+            for name, method in methods.items():
+                extra = _measure_once(model, ids, method, proxies)
                 row = BenchRow(
                     length=length,
                     method=name,

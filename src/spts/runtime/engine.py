@@ -36,11 +36,19 @@ SUPPORTED_ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3"
 class SPTSRuntime:
     """The SPTS state attached to one model: its config, policies, patches and last statistics."""
 
-    def __init__(self, model: nn.Module, adapter: DecoderAdapter, config: SPTSConfig, ffn_scorer: FFNScorer) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        adapter: DecoderAdapter,
+        config: SPTSConfig,
+        ffn_scorer: FFNScorer,
+        selection: str = "probe",
+    ) -> None:
         self.model = model
         self.adapter = adapter
         self.config = config
         self.ffn_scorer = ffn_scorer
+        self.selection = selection
         self.num_layers = len(adapter.layers())
         self.state: PrefillState | None = None
         self.last_stats: PrefillStats | None = None
@@ -242,6 +250,7 @@ def enable(
     model: nn.Module,
     config: SPTSConfig | str | None = None,
     proxies: ProxySpec = None,
+    selection: str = "probe",
 ) -> nn.Module:
     """Make ``model``'s prefill skip tokens as SPTS does; returns the same (patched) model.
 
@@ -252,6 +261,8 @@ def enable(
         proxies: LTP proxies (:class:`spts.calibration.LTPProxies` or the path of a proxy file from
             ``spts calibrate``), checked against this model; or any :class:`FFNScorer`. None scores
             the FFN by the attention probe alone.
+        selection: ``"probe"`` (SPTS) or ``"random"``: the same schedule with free, random token
+            choices and no probe, the speed ceiling of a schedule for benchmarks (not for answers).
 
     Enabling an already enabled model replaces its config. Generation then decodes from the
     per-layer compressed cache; :func:`disable` restores the original behaviour exactly.
@@ -263,10 +274,12 @@ def enable(
         config = SPTSConfig.for_model(model)
     if not isinstance(config, SPTSConfig):
         raise TypeError(f"config must be an SPTSConfig or a preset name, got {type(config).__name__}")
+    if selection not in ("probe", "random"):
+        raise ValueError(f"selection must be 'probe' or 'random', got {selection!r}")
     _check_model(adapter, config, model)
-    scorer = _ffn_policy(model, adapter, config, proxies)
+    scorer = _ffn_policy(model, adapter, config, proxies) if selection == "probe" else AttentionScoreFFN()
     disable(model)
-    runtime = SPTSRuntime(model, adapter, config, scorer)
+    runtime = SPTSRuntime(model, adapter, config, scorer, selection)
     runtime.install()
     model.__dict__[_RUNTIME_ATTR] = runtime
     return model
@@ -300,11 +313,13 @@ def last_stats(model: nn.Module) -> PrefillStats:
 
 
 @contextlib.contextmanager
-def enabled(model: nn.Module, config: SPTSConfig | str | None = None, proxies: ProxySpec = None) -> Iterator[nn.Module]:
+def enabled(
+    model: nn.Module, config: SPTSConfig | str | None = None, proxies: ProxySpec = None, selection: str = "probe"
+) -> Iterator[nn.Module]:
     """``with spts.enabled(model, config): ...`` runs the block with SPTS, then puts back what was there before
     (the original model, or the SPTS setup it had)."""
     previous = model.__dict__.get(_RUNTIME_ATTR)
-    enable(model, config, proxies)
+    enable(model, config, proxies, selection)
     try:
         yield model
     finally:

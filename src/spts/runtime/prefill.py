@@ -91,7 +91,9 @@ def skipping_prefill(
     select_attention = config.skip_attention and budget < n_candidates
     select_ffn = config.skip_ffn and budget < n_candidates
     scores = None
-    if select_attention or select_ffn or plan.scores_needed_next:
+    if runtime.selection == "random" and (select_attention or select_ffn or plan.scores_needed_next):
+        scores = state.scores = torch.rand(batch, n_candidates, device=x.device)
+    elif select_attention or select_ffn or plan.scores_needed_next:
         state.stats.probe_timer.start()
         n_probe = min(config.probe_tokens, n_candidates)
         probe_queries = adapter.queries(layer, normed[:, -n_probe:], cos[:, -n_probe:], sin[:, -n_probe:])
