@@ -23,7 +23,7 @@ import spts
 from spts import SPTSConfig
 from spts.calibration.shipped import zoo_proxies
 from spts.data.haystack import build_needle_prompt, prompt_input_ids
-from spts.demo import _greedy_continue, _prefill
+from spts.demo import greedy_continue, prefill_with_cache
 from spts.zoo import load_pretrained
 
 C = SPTSConfig
@@ -98,9 +98,9 @@ def main() -> None:
                 )
                 with context:
                     started = time.perf_counter()
-                    logits, cache = _prefill(model, ids)
+                    logits, cache = prefill_with_cache(model, ids)
                     seconds = time.perf_counter() - started
-                    answer = _greedy_continue(model, tokenizer, logits, cache, 8)
+                    answer = greedy_continue(model, tokenizer, logits, cache, 8)
                 row = {
                     "config": name,
                     "spts": config.to_dict() if config else None,

@@ -57,13 +57,14 @@ class DemoResult:
         }
 
 
-def _prefill(model, ids: torch.Tensor) -> tuple[torch.Tensor, Any]:
+def prefill_with_cache(model, ids: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    """The prefill forward that yields the first token: last-position logits and the (compressed) cache."""
     with torch.inference_mode():
         out = model(ids, use_cache=True, logits_to_keep=1)
     return out.logits[:, -1], out.past_key_values
 
 
-def _greedy_continue(model, tokenizer, logits: torch.Tensor, cache: Any, max_new_tokens: int) -> str:
+def greedy_continue(model, tokenizer, logits: torch.Tensor, cache: Any, max_new_tokens: int) -> str:
     """Greedy decoding from a prefill's last logits and cache (the same cache SPTS compressed)."""
     tokens: list[int] = []
     eos = tokenizer.eos_token_id
@@ -102,11 +103,11 @@ def run_demo(
     results: dict[str, tuple[torch.Tensor, Any]] = {}
 
     def full_prefill() -> None:
-        results["full"] = _prefill(model, ids)
+        results["full"] = prefill_with_cache(model, ids)
 
     def spts_prefill() -> None:
         with spts.enabled(model, config, proxies):
-            results["spts"] = _prefill(model, ids)
+            results["spts"] = prefill_with_cache(model, ids)
 
     warm_ids = ids[:, -256:]
     with torch.inference_mode():  # warm-up on a short prompt: kernels and allocator, not a full prefill
@@ -119,7 +120,7 @@ def run_demo(
         kv_tokens = sum(spts.cache_tokens_per_layer(cache))
         kv_bytes = cache_nbytes(cache)
         with spts.enabled(model, config, proxies) if method == "spts" else contextlib.nullcontext():
-            answer = _greedy_continue(model, tokenizer, logits, cache, max_new_tokens)
+            answer = greedy_continue(model, tokenizer, logits, cache, max_new_tokens)
         runs[method] = DemoRun(
             method=method,
             answer=answer,
