@@ -23,7 +23,7 @@ import spts
 from spts import SPTSConfig
 from spts.calibration.shipped import zoo_proxies
 from spts.data.haystack import build_needle_prompt, prompt_input_ids
-from spts.demo import greedy_continue, prefill_with_cache
+from spts.generation import greedy_continue, prefill_with_cache
 from spts.zoo import load_pretrained
 
 C = SPTSConfig

@@ -22,6 +22,12 @@ def test_bench_writes_every_figure_for_every_method_and_length(tmp_path):
     for row in rows:
         assert row.ttft_median_s > 0 and row.speedup > 0 and row.kv_cache_bytes > 0
         assert row.peak_memory_bytes is None  # CPU
+        assert 0 < row.ttft_median_s < row.e2e_16_s < row.e2e_128_s and row.decode_ms_per_token > 0
+        groups = row.layer_group_seconds
+        assert list(groups) == [
+            "layers 0-1 (full)", "stage 0: layers 2-3", "stage 1: layers 4-5", "embedding, norm, LM head",
+        ]  # fmt: skip
+        assert all(v >= 0 for v in groups.values()) and groups["stage 1: layers 4-5"] > 0
     by_method = {(r.length, r.method): r for r in rows}
     assert by_method[(128, "full")].kv_fraction == 1.0 and by_method[(128, "full")].speedup == 1.0
     assert by_method[(128, "spts")].kv_cache_bytes < by_method[(128, "full")].kv_cache_bytes
@@ -34,6 +40,8 @@ def test_bench_writes_every_figure_for_every_method_and_length(tmp_path):
     assert len(summary["rows"]) == 10
     assert (tmp_path / "table.md").read_text().count("\n| ") == 11  # header row + 10 rows
     assert (tmp_path / "speedup.png").stat().st_size > 0
+    assert (tmp_path / "layer_breakdown.png").stat().st_size > 0
+    assert "| 128 | spts |" in (tmp_path / "table.md").read_text()
 
     # Resuming: finished rows are read back, not measured again.
     lines = (tmp_path / "rows.jsonl").read_text().splitlines()
@@ -48,3 +56,10 @@ def test_random_model_shapes():
     assert set(SHAPES) >= {"llama-3.1-8b", "qwen2.5-7b", "qwen2.5-0.5b"}
     with pytest.raises(ValueError, match="unknown model shape 'gpt-9'"):
         random_model("gpt-9")
+
+
+def test_bench_without_decode_timing(tmp_path):
+    rows = run_bench(tiny_model("qwen2"), CONFIG, [64], tmp_path, repeats=1, warmup=0, progress=False, decode=False)
+    assert all(r.e2e_16_s is None and r.decode_ms_per_token is None for r in rows)
+    write_reports(rows, tmp_path, "no decode")
+    assert "| 64 | spts |" in (tmp_path / "table.md").read_text()

@@ -19,6 +19,7 @@ from spts.runtime import (
     disable,
     enable,
     enabled,
+    ffn_scorer,
     is_enabled,
     last_stats,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "disable",
     "enable",
     "enabled",
+    "ffn_scorer",
     "is_enabled",
     "last_stats",
     "supported_model_types",

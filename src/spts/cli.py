@@ -210,8 +210,13 @@ def bench(
     warmup: Annotated[int, typer.Option()] = 1,
     device: Annotated[str | None, typer.Option(help="cpu or cuda; default: cuda if available")] = None,
     random_weights: Annotated[bool, typer.Option(help="for a zoo name: its shape with random weights")] = True,
+    proxies: Annotated[
+        Path | None, typer.Option(help="LTP proxy file for FFN skipping (default: attention score)")
+    ] = None,
+    ltp: Annotated[bool, typer.Option(help="a zoo checkpoint's own LTP proxies (with --no-random-weights)")] = False,
+    decode: Annotated[bool, typer.Option(help="also time 128-token greedy generation (E2E, decode)")] = True,
 ) -> None:
-    """Prefill TTFT of the full model vs SPTS and its ablations over prompt lengths (resumable)."""
+    """TTFT, E2E latency and decode speed of the full model vs SPTS and its ablations (resumable)."""
     import torch
 
     from spts import PRESETS, SPTSConfig
@@ -219,19 +224,110 @@ def bench(
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    if model in SHAPES and random_weights:
+    random = model in SHAPES and random_weights
+    if random:
         lm = random_model(model, dtype, device)
     else:
-        lm, _ = _load_model(model, dtype, device)
+        lm, tokenizer = _load_model(model, dtype, device)
     preset = preset or (model if model in PRESETS else None)
     config = SPTSConfig.preset(preset) if preset else SPTSConfig.for_model(lm)
-    rows = run_bench(lm, config, [int(n) for n in lengths.split(",")], out, repeats=repeats, warmup=warmup)
+    ffn = None
+    if proxies is not None:
+        ffn = proxies
+    elif ltp:
+        from spts.calibration.shipped import zoo_proxies
+
+        if random:
+            raise typer.BadParameter("--ltp needs real weights: add --no-random-weights (or pass --proxies FILE)")
+        ffn = zoo_proxies(model, lm, tokenizer, progress=False)
+    sizes = [int(n) for n in lengths.split(",")]
+    rows = run_bench(lm, config, sizes, out, repeats=repeats, warmup=warmup, proxies=ffn, decode=decode)
     header = (
         f"{model} ({'random weights' if model in SHAPES and random_weights else 'checkpoint'}), {device}, "
         f"{str(dtype).removeprefix('torch.')}, torch {torch.__version__}, {platform.node()} "
         f"{platform.machine()} {os.cpu_count()} cores, {datetime.now(UTC):%Y-%m-%d}; SPTS config {config.name}: "
         f"start {config.start_layer}, boundaries {config.stage_boundaries}, budgets {config.budgets}, "
-        f"delta {config.delta}. Command: spts bench {' '.join(sys.argv[2:])}"
+        f"delta {config.delta}, pool {config.pool_kernel}; FFN policy "
+        f"{'LTP' if ffn is not None else 'attention score'}. Command: spts bench {' '.join(sys.argv[2:])}"
+    )
+    write_reports(rows, out, header)
+    console.print((out / "table.md").read_text())
+
+
+@app.command("eval")
+def eval_(
+    model: Annotated[str, typer.Option(help="zoo model name or local Hugging Face model folder")] = "smollm2-135m",
+    tasks: Annotated[str, typer.Option(help="comma-separated tasks or groups: ruler, qa, all, vt, ...")] = "all",
+    lengths: Annotated[str, typer.Option(help="comma-separated prompt lengths in tokens")] = "4096",
+    samples: Annotated[int, typer.Option(help="samples per task and length (a larger number extends a run)")] = 50,
+    methods: Annotated[
+        str, typer.Option(help="comma-separated: full, spts, spts@<budget scale>, pap, pap+ffn, ceiling")
+    ] = "full,pap,pap+ffn,spts@0.5,spts,spts@2",
+    preset: Annotated[str | None, typer.Option(help="base SPTS preset; default: the model's, else derived")] = None,
+    out: Annotated[Path, typer.Option(help="output folder; an existing one is resumed")] = Path("runs/eval"),
+    longbench_dir: Annotated[
+        Path | None, typer.Option(help="folder of LongBench's <task>.jsonl files: evaluate those instead")
+    ] = None,
+    longbench_tasks: Annotated[str, typer.Option(help="LongBench tasks to read from --longbench-dir")] = "hotpotqa",
+    chat: Annotated[str, typer.Option(help="chat template: auto (when the tokenizer has one), on, off")] = "auto",
+    max_prompt_tokens: Annotated[
+        int | None, typer.Option(help="truncate longer prompts in the middle; default: context window - 512")
+    ] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    depth: Annotated[float | None, typer.Option(help="fixed answer depth in [0, 1]; default: spread")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda; default: cuda if available")] = None,
+    ltp: Annotated[bool, typer.Option(help="LTP FFN proxies for a zoo model (calibrated once, cached)")] = True,
+) -> None:
+    """Accuracy of the full model vs SPTS configs and ablations on long-context tasks (resumable)."""
+    import torch
+
+    from spts import PRESETS, SPTSConfig
+    from spts.eval import PromptRenderer, build_samples, longbench_samples, resolve_methods, run_eval, write_reports
+    from spts.eval.tasks import resolve_tasks
+    from spts.zoo import ZOO
+
+    try:  # what can be checked before the model loads
+        sizes = [int(n) for n in lengths.split(",") if n.strip()]
+        if longbench_dir is None:
+            resolve_tasks(tasks)
+        elif not longbench_dir.is_dir():
+            raise ValueError(f"--longbench-dir {longbench_dir} is not a folder (it should hold LongBench's *.jsonl)")
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    lm, tokenizer = _load_model(model, dtype, device)
+    window = int(getattr(lm.config, "max_position_embeddings", 0) or 0)
+    config = SPTSConfig.preset(preset or model) if (preset or model) in PRESETS else SPTSConfig.for_model(lm)
+    try:
+        chosen = resolve_methods(methods, config)
+        renderer = PromptRenderer(tokenizer, chat, max_prompt_tokens or (window - 512 if window > 1024 else None))
+        if longbench_dir is not None:
+            names = [t.strip() for t in longbench_tasks.split(",") if t.strip()]
+            items = [s for t in names for s in longbench_samples(longbench_dir, t, samples)]
+        else:
+            too_long = [n for n in sizes if window and n > window]
+            if too_long:
+                raise ValueError(f"lengths {too_long} exceed {model}'s context window of {window} tokens")
+            with console.status("building prompts ..."):
+                items = build_samples(renderer, tasks, sizes, samples, seed, depth)
+    except (ValueError, FileNotFoundError, ModuleNotFoundError) as error:
+        raise typer.BadParameter(str(error)) from None
+    proxies = None
+    if ltp and model in ZOO:
+        from spts.calibration.shipped import zoo_proxies
+
+        with console.status("LTP proxies (the first run calibrates them) ..."):
+            proxies = zoo_proxies(model, lm, tokenizer, progress=False)
+    command = "spts eval " + " ".join(sys.argv[2:])
+    info = {"model": model, "device": device, "dtype": str(dtype), "base_config": config.to_dict()}
+    rows = run_eval(lm, tokenizer, items, chosen, out, renderer=renderer, proxies=proxies, run_info=info)
+    header = (
+        f"{model}, {device} {str(dtype).removeprefix('torch.')}, torch {torch.__version__}, {platform.node()} "
+        f"{platform.machine()} {os.cpu_count()} cores, {datetime.now(UTC):%Y-%m-%d}; chat template "
+        f"{'on' if renderer.chat else 'off'}; base SPTS config {config.name}: start {config.start_layer}, boundaries "
+        f"{config.stage_boundaries}, budgets {config.budgets}, delta {config.delta}, pool {config.pool_kernel}, "
+        f"FFN policy {'LTP' if proxies is not None else 'attention score'}. Command: `{command}`"
     )
     write_reports(rows, out, header)
     console.print((out / "table.md").read_text())

@@ -12,6 +12,7 @@ import spts
 from spts.bench import time_calls
 from spts.config import SPTSConfig
 from spts.data.haystack import NeedlePrompt, build_needle_prompt, prompt_input_ids
+from spts.generation import greedy_continue, prefill_with_cache
 from spts.runtime import cache_nbytes
 
 
@@ -55,27 +56,6 @@ class DemoResult:
             "full": self.full.__dict__,
             "spts": self.spts.__dict__,
         }
-
-
-def prefill_with_cache(model, ids: torch.Tensor) -> tuple[torch.Tensor, Any]:
-    """The prefill forward that yields the first token: last-position logits and the (compressed) cache."""
-    with torch.inference_mode():
-        out = model(ids, use_cache=True, logits_to_keep=1)
-    return out.logits[:, -1], out.past_key_values
-
-
-def greedy_continue(model, tokenizer, logits: torch.Tensor, cache: Any, max_new_tokens: int) -> str:
-    """Greedy decoding from a prefill's last logits and cache (the same cache SPTS compressed)."""
-    tokens: list[int] = []
-    eos = tokenizer.eos_token_id
-    with torch.inference_mode():
-        for _ in range(max_new_tokens):
-            token = logits.argmax(-1, keepdim=True)
-            tokens.append(int(token))
-            if int(token) == eos:
-                break
-            logits = model(token, past_key_values=cache, use_cache=True).logits[:, -1]
-    return tokenizer.decode(tokens, skip_special_tokens=True).strip()
 
 
 def run_demo(

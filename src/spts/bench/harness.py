@@ -7,7 +7,11 @@ file as they finish, so an interrupted run resumes where it stopped.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
+import statistics
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,9 +22,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import spts
+from spts.adapters import adapter_for
 from spts.bench.timing import time_calls
 from spts.config import SPTSConfig
 from spts.runtime import cache_nbytes
+from spts.runtime.timing import IntervalTimer
 
 # Real architectures at real shapes; random weights time them faithfully (no checkpoint needed).
 SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
@@ -96,36 +102,40 @@ class BenchRow:
     kv_fraction: float
     probe_time_share: float
     peak_memory_bytes: int | None  # None on CPU, where torch has no per-call peak
+    e2e_16_s: float | None = None
+    """Median time from the prompt to the 16th new token (prefill + 15 greedy steps); None if not measured."""
+    e2e_128_s: float | None = None
+    decode_ms_per_token: float | None = None
+    """Median of (time to token 128 - time to token 1) / 127: decoding over this method's cache."""
+    layer_group_seconds: dict[str, float] | None = None
+    """One untimed-for-TTFT prefill split by layer group (full layers, each stage, the rest)."""
+
+
+def _method_context(model: nn.Module, method: Method, proxies: Any):
+    config, selection = method
+    return spts.enabled(model, config, proxies, selection) if config is not None else contextlib.nullcontext()
 
 
 def _prefill_fn(model: nn.Module, ids: torch.Tensor, method: Method, proxies: Any) -> Callable[[], Any]:
-    config, selection = method
-
     def run() -> Any:
-        with torch.inference_mode():
-            if config is None:
-                return model(ids, use_cache=True, logits_to_keep=1)
-            with spts.enabled(model, config, proxies, selection):
-                return model(ids, use_cache=True, logits_to_keep=1)
+        with torch.inference_mode(), _method_context(model, method, proxies):
+            return model(ids, use_cache=True, logits_to_keep=1)
 
     return run
 
 
 def _measure_once(model: nn.Module, ids: torch.Tensor, method: Method, proxies: Any) -> dict[str, Any]:
     """Cache size, probe share and peak memory of one extra, untimed call."""
-    config, selection = method
+    config, _ = method
     device = ids.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     probe_share, kv_fraction = 0.0, 1.0
-    with torch.inference_mode():
-        if config is None:
-            out = model(ids, use_cache=True, logits_to_keep=1)
-        else:
-            with spts.enabled(model, config, proxies, selection):
-                out = model(ids, use_cache=True, logits_to_keep=1)
-                stats = spts.last_stats(model)
-                probe_share, kv_fraction = stats.probe_time_share, stats.kv_fraction
+    with torch.inference_mode(), _method_context(model, method, proxies):
+        out = model(ids, use_cache=True, logits_to_keep=1)
+        if config is not None:
+            stats = spts.last_stats(model)
+            probe_share, kv_fraction = stats.probe_time_share, stats.kv_fraction
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     return {
         "kv_cache_bytes": cache_nbytes(out.past_key_values),
@@ -133,6 +143,74 @@ def _measure_once(model: nn.Module, ids: torch.Tensor, method: Method, proxies: 
         "probe_time_share": probe_share,
         "peak_memory_bytes": peak,
     }
+
+
+def _generation_timepoints(
+    model: nn.Module, ids: torch.Tensor, method: Method, proxies: Any, new_tokens: int
+) -> dict[int, float]:
+    """Seconds from the start of the prefill to new token 1, 16 and ``new_tokens`` (greedy, no early stop,
+    so every method does the same work), read from marks taken during one generation (CUDA events on GPU,
+    resolved after the loop, so no sync slows it down)."""
+    marks: dict[int, Any] = {}
+    cuda = ids.device.type == "cuda"
+
+    def mark(n: int) -> None:
+        if cuda:
+            marks[n] = torch.cuda.Event(enable_timing=True)
+            marks[n].record()
+        else:
+            marks[n] = time.perf_counter()
+
+    with torch.inference_mode(), _method_context(model, method, proxies):
+        if cuda:
+            torch.cuda.synchronize(ids.device)
+        mark(0)
+        out = model(ids, use_cache=True, logits_to_keep=1)
+        token = out.logits[:, -1].argmax(-1, keepdim=True)
+        cache = out.past_key_values
+        mark(1)
+        for n in range(2, new_tokens + 1):
+            token = model(token, past_key_values=cache, use_cache=True).logits[:, -1].argmax(-1, keepdim=True)
+            if n in (16, new_tokens):
+                mark(n)
+        if cuda:
+            torch.cuda.synchronize(ids.device)
+    if cuda:
+        return {n: marks[0].elapsed_time(e) / 1000.0 for n, e in marks.items()}
+    return {n: t - marks[0] for n, t in marks.items()}
+
+
+def _layer_groups(config: SPTSConfig, num_layers: int) -> list[tuple[str, range]]:
+    starts = [config.start_layer, *config.stage_boundaries, num_layers]
+    groups = [(f"layers 0-{config.start_layer - 1} (full)", range(config.start_layer))]
+    for stage, (a, b) in enumerate(itertools.pairwise(starts)):
+        groups.append((f"stage {stage}: layers {a}-{b - 1}", range(a, b)))
+    return groups
+
+
+def _layer_breakdown(
+    model: nn.Module, ids: torch.Tensor, method: Method, proxies: Any, config: SPTSConfig
+) -> dict[str, float]:
+    """Prefill seconds per layer group (the base config's groups, for every method alike) and the rest
+    (embedding, final norm, LM head), from hooks around each decoder layer."""
+    layers = adapter_for(model).layers()
+    timers = [IntervalTimer(ids.device) for _ in layers]
+    handles = []
+    for layer, timer in zip(layers, timers, strict=True):
+        handles.append(layer.register_forward_pre_hook(lambda *_, t=timer: t.start()))
+        handles.append(layer.register_forward_hook(lambda *_, t=timer: t.stop()))
+    total = IntervalTimer(ids.device)
+    try:
+        with torch.inference_mode(), _method_context(model, method, proxies):
+            total.start()
+            model(ids, use_cache=True, logits_to_keep=1)
+            total.stop()
+    finally:
+        for handle in handles:
+            handle.remove()
+    groups = {name: sum(timers[i].seconds() for i in members) for name, members in _layer_groups(config, len(layers))}
+    groups["embedding, norm, LM head"] = max(0.0, total.seconds() - sum(groups.values()))
+    return groups
 
 
 def run_bench(
@@ -145,8 +223,15 @@ def run_bench(
     proxies: Any = None,
     seed: int = 0,
     progress: bool = True,
+    decode: bool = True,
 ) -> list[BenchRow]:
-    """Time every method of :func:`ablations` at every length; append rows to ``out_dir/rows.jsonl``."""
+    """Time every method of :func:`ablations` at every length; append rows to ``out_dir/rows.jsonl``.
+
+    Per method: TTFT (prefill with ``logits_to_keep=1``, interleaved repeats, median); with ``decode``,
+    ``repeats`` greedy generations of 128 tokens giving E2E latency to tokens 16 and 128 and decode
+    ms/token over the method's own cache; a per-layer-group split of one prefill, cache size, probe
+    share and peak memory.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     jsonl = out_dir / "rows.jsonl"
     done = {}
@@ -155,24 +240,40 @@ def run_bench(
             row = BenchRow(**json.loads(line))
             done[(row.length, row.method)] = row
     methods = ablations(config)
+    # LTP proxies are loaded, checked and moved once, not inside every timed call.
+    scorers = {name: spts.ffn_scorer(model, m[0], proxies) if m[0] is not None else None for name, m in methods.items()}
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     for length in tqdm(lengths, desc="lengths", disable=not progress):
         if all((length, m) in done for m in methods):
             continue
         ids = torch.randint(0, model.config.vocab_size, (1, length), generator=generator).to(device)
-        calls = {name: _prefill_fn(model, ids, method, proxies) for name, method in methods.items()}
+        calls = {name: _prefill_fn(model, ids, method, scorers[name]) for name, method in methods.items()}
         timings = time_calls(calls, device, repeats=repeats, warmup=warmup)
         full = timings["full"].median
+        generation: dict[str, dict[str, float | None]] = {name: {} for name in methods}
+        if decode:
+            points: dict[str, list[dict[int, float]]] = {name: [] for name in methods}
+            for _ in range(repeats):  # interleaved, like the TTFT repeats
+                for name, method in methods.items():
+                    points[name].append(_generation_timepoints(model, ids, method, scorers[name], 128))
+            for name, runs in points.items():
+                generation[name] = {
+                    "e2e_16_s": statistics.median(p[16] for p in runs),
+                    "e2e_128_s": statistics.median(p[128] for p in runs),
+                    "decode_ms_per_token": 1000 * statistics.median((p[128] - p[1]) / 127 for p in runs),
+                }
         with jsonl.open("a") as sink:
             for name, method in methods.items():
-                extra = _measure_once(model, ids, method, proxies)
+                extra = _measure_once(model, ids, method, scorers[name])
+                extra["layer_group_seconds"] = _layer_breakdown(model, ids, method, scorers[name], config)
                 row = BenchRow(
                     length=length,
                     method=name,
                     ttft_median_s=timings[name].median,
                     ttft_spread_s=timings[name].spread,
                     speedup=full / timings[name].median,
+                    **generation[name],
                     **extra,
                 )
                 done[(length, name)] = row
@@ -180,19 +281,34 @@ def run_bench(
     return [done[(length, m)] for length in lengths for m in methods]
 
 
+def _fmt(value: float | None, spec: str, unit: str = "") -> str:
+    return "-" if value is None else f"{value:{spec}}{unit}"
+
+
 def write_reports(rows: Sequence[BenchRow], out_dir: Path, header: str) -> None:
-    """``summary.json``, ``table.md`` and, when matplotlib is installed, ``speedup.png``."""
+    """``summary.json``, ``table.md`` and, when matplotlib is installed, ``speedup.png`` (speedup vs length)
+    and ``layer_breakdown.png`` (prefill time per layer group and method, at the longest length)."""
     (out_dir / "summary.json").write_text(json.dumps({"header": header, "rows": [asdict(r) for r in rows]}, indent=2))
+    full = {r.length: r for r in rows if r.method == "full"}
+
+    def ratio(r: BenchRow, field: str) -> float | None:
+        base, mine = getattr(full.get(r.length), field, None), getattr(r, field)
+        return base / mine if base and mine else None
+
     lines = [
         header,
         "",
-        "| length | method | TTFT median (s) | spread (s) | speedup | KV cache (MiB) | KV kept | probe share |",
-        "|---|---|---|---|---|---|---|---|",
+        "| length | method | TTFT (s) | spread (s) | TTFT speedup | E2E16 (s) | E2E16 speedup | E2E128 (s) | "
+        "E2E128 speedup | decode (ms/token) | KV cache (MiB) | KV kept | probe share | peak memory (GiB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        peak = r.peak_memory_bytes / 2**30 if r.peak_memory_bytes is not None else None
         lines.append(
             f"| {r.length} | {r.method} | {r.ttft_median_s:.3f} | {r.ttft_spread_s:.3f} | {r.speedup:.2f}x | "
-            f"{r.kv_cache_bytes / 2**20:.1f} | {r.kv_fraction:.0%} | {r.probe_time_share:.1%} |"
+            f"{_fmt(r.e2e_16_s, '.3f')} | {_fmt(ratio(r, 'e2e_16_s'), '.2f', 'x')} | {_fmt(r.e2e_128_s, '.3f')} | "
+            f"{_fmt(ratio(r, 'e2e_128_s'), '.2f', 'x')} | {_fmt(r.decode_ms_per_token, '.1f')} | "
+            f"{r.kv_cache_bytes / 2**20:.1f} | {r.kv_fraction:.0%} | {r.probe_time_share:.1%} | {_fmt(peak, '.2f')} |"
         )
     (out_dir / "table.md").write_text("\n".join(lines) + "\n")
     try:
@@ -202,15 +318,35 @@ def write_reports(rows: Sequence[BenchRow], out_dir: Path, header: str) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         return
+    methods = list(dict.fromkeys(r.method for r in rows))
     figure, axis = plt.subplots(figsize=(6, 4))
-    for method in dict.fromkeys(r.method for r in rows):
+    for method in methods:
         points = [(r.length, r.speedup) for r in rows if r.method == method]
-        axis.plot(*zip(*points, strict=True), marker="o", label=method)
+        (line,) = axis.plot(*zip(*points, strict=True), marker="o", label=f"{method} TTFT")
+        e2e = [(r.length, ratio(r, "e2e_16_s")) for r in rows if r.method == method and ratio(r, "e2e_16_s")]
+        if e2e and method != "full":
+            axis.plot(*zip(*e2e, strict=True), marker="x", ls="--", color=line.get_color(), label=f"{method} E2E16")
     axis.set_xscale("log", base=2)
     axis.set_xlabel("prompt tokens")
-    axis.set_ylabel("TTFT speedup vs full")
-    axis.legend()
+    axis.set_ylabel("speedup vs full")
+    axis.legend(fontsize=7)
     axis.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(out_dir / "speedup.png", dpi=120)
+    plt.close(figure)
+
+    longest = max(r.length for r in rows)
+    split = [r for r in rows if r.length == longest and r.layer_group_seconds]
+    if not split:
+        return
+    figure, axis = plt.subplots(figsize=(7, 4))
+    bottoms = [0.0] * len(split)
+    for group in split[0].layer_group_seconds:
+        heights = [r.layer_group_seconds.get(group, 0.0) for r in split]
+        axis.bar([r.method for r in split], heights, bottom=bottoms, label=group)
+        bottoms = [b + h for b, h in zip(bottoms, heights, strict=True)]
+    axis.set_ylabel(f"prefill seconds at {longest} tokens")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(out_dir / "layer_breakdown.png", dpi=120)
     plt.close(figure)

@@ -37,6 +37,7 @@ __all__ = [
     "SOURCES",
     "NeedlePrompt",
     "build_needle_prompt",
+    "haystack_sentences",
     "haystack_source_available",
     "prompt_input_ids",
 ]
@@ -236,6 +237,14 @@ def _sentence_ends(corpus: str) -> list[int]:
     if not ends or ends[-1] != len(corpus):
         ends.append(len(corpus))
     return ends
+
+
+def haystack_sentences(min_chars: int, seed: int = 0, source: str = "auto") -> list[str]:
+    """At least ``min_chars`` characters of haystack text, split into whole sentences (for other tasks'
+    fillers: the evaluation suite builds RULER-style prompts from the same essays)."""
+    corpus = _CORPORA[_resolve_source(source)](seed, min_chars)
+    ends = _sentence_ends(corpus)
+    return [corpus[a:b].strip() for a, b in zip([0, *ends], ends, strict=False) if corpus[a:b].strip()]
 
 
 # ----------------------------------------------------------------------------------------------------------

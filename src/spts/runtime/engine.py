@@ -217,8 +217,11 @@ def _check_model(adapter: DecoderAdapter, config: SPTSConfig, model: nn.Module) 
         )
 
 
-def _ffn_policy(model: nn.Module, adapter: DecoderAdapter, config: SPTSConfig, proxies: ProxySpec) -> FFNScorer:
-    """The FFN scorer for ``proxies``: attention alone, a given scorer, or LTP from proxies/a proxy file."""
+def ffn_scorer(model: nn.Module, config: SPTSConfig, proxies: ProxySpec) -> FFNScorer:
+    """The FFN scorer :func:`enable` would build for ``proxies``: attention alone, a given scorer, or LTP from
+    proxies/a proxy file (loaded, checked against the model and moved to its device). Build it once and
+    pass it as ``proxies`` to enable SPTS repeatedly without paying for those checks each time (benchmarks)."""
+    adapter = adapter_for(model)
     if proxies is None:
         return AttentionScoreFFN()
     if isinstance(proxies, str | os.PathLike):
@@ -277,7 +280,7 @@ def enable(
     if selection not in ("probe", "random"):
         raise ValueError(f"selection must be 'probe' or 'random', got {selection!r}")
     _check_model(adapter, config, model)
-    scorer = _ffn_policy(model, adapter, config, proxies) if selection == "probe" else AttentionScoreFFN()
+    scorer = ffn_scorer(model, config, proxies) if selection == "probe" else AttentionScoreFFN()
     disable(model)
     runtime = SPTSRuntime(model, adapter, config, scorer, selection)
     runtime.install()

@@ -1,0 +1,81 @@
+"""The methods an evaluation compares: the full model, SPTS at chosen budgets, and its ablations.
+
+A method is a name plus what :func:`spts.enable` needs (or nothing, for the full model). Methods are
+named on the command line by short specs, resolved against a base SPTS config:
+
+* ``full``: the unmodified model;
+* ``spts``: the base config; ``spts@0.5``: its budgets scaled by 0.5 (any factor > 0);
+* ``pap``: attention probing only (FFN runs on every candidate, no pruning);
+* ``pap+ffn``: PAP and FFN skipping, no pruning (``spts`` adds MSDP);
+* ``ceiling``: the base schedule with random selection (the speed bound; not meant to answer well).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from spts.config import SPTSConfig
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    config: SPTSConfig | None = None
+    """None runs the unmodified model."""
+    selection: str = "probe"
+
+    @property
+    def fingerprint(self) -> str:
+        """Short hash of everything that decides this method's outputs (not its name)."""
+        config = self.config.to_dict() if self.config else None
+        if config:
+            del config["name"]  # a label, not behaviour
+        payload = {"config": config, "selection": self.selection}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def scale_budgets(config: SPTSConfig, factor: float) -> SPTSConfig:
+    """``config`` with every stage budget scaled by ``factor`` (fractions capped at the whole prompt)."""
+    if not factor > 0:
+        raise ValueError(f"budget scale must be positive, got {factor}")
+    budgets = tuple(min(1.0, b * factor) if isinstance(b, float) else max(1, round(b * factor)) for b in config.budgets)
+    return config.with_(budgets=budgets, name=f"{config.name}@{factor:g}")
+
+
+def resolve_method(spec: str, base: SPTSConfig) -> Method:
+    """The method a spec names (see the module docstring)."""
+    spec = spec.strip()
+    if spec == "full":
+        return Method("full")
+    if spec == "spts":
+        return Method("spts", base)
+    if spec == "pap":
+        return Method("pap", base.with_(skip_ffn=False, prune=False))
+    if spec == "pap+ffn":
+        return Method("pap+ffn", base.with_(prune=False))
+    if spec == "ceiling":
+        return Method("ceiling", base, selection="random")
+    if spec.startswith("spts@"):
+        try:
+            factor = float(spec.removeprefix("spts@"))
+        except ValueError:
+            factor = float("nan")
+        if not factor > 0:
+            raise ValueError(f"method {spec!r}: the budget scale after '@' must be a positive number, e.g. spts@0.5")
+        return Method(f"spts@{factor:g}", scale_budgets(base, factor))
+    raise ValueError(f"unknown method {spec!r}; use full, spts, spts@<scale>, pap, pap+ffn or ceiling")
+
+
+def resolve_methods(specs: str | list[str], base: SPTSConfig) -> list[Method]:
+    """Methods for comma-separated specs, in order; names must be unique."""
+    if isinstance(specs, str):
+        specs = [s for s in specs.split(",") if s.strip()]
+    methods = [resolve_method(s, base) for s in specs]
+    names = [m.name for m in methods]
+    if len(set(names)) != len(names):
+        raise ValueError(f"methods repeat a name: {', '.join(names)}")
+    if not methods:
+        raise ValueError("no methods given")
+    return methods

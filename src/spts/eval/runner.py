@@ -1,0 +1,169 @@
+"""Run methods over samples: one prefill (timed) and a greedy reply per sample and method, graded and
+appended to a JSONL file at once, so an interrupted run resumes without recomputing finished samples.
+
+Methods run back to back on each sample, so their TTFTs are measured side by side on the same prompt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+import spts
+from spts.eval.methods import Method
+from spts.eval.metrics import score
+from spts.eval.prompts import EvalSample, PromptRenderer
+from spts.generation import greedy_continue, prefill_with_cache, stop_token_ids
+
+ROWS_FILE = "samples.jsonl"
+RUN_FILE = "run.json"
+
+
+class ResumeError(ValueError):
+    """An output folder holds results that the requested run must not be mixed with."""
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows of a results file; a last line cut short by an interruption is dropped from the file."""
+    if not path.exists():
+        return []
+    raw = path.read_bytes()
+    complete = raw[: raw.rfind(b"\n") + 1]
+    if len(complete) != len(raw):
+        path.write_bytes(complete)
+    return [json.loads(line) for line in complete.decode("utf-8").splitlines() if line.strip()]
+
+
+def _check_run_info(out_dir: Path, run_info: dict[str, Any]) -> None:
+    path = out_dir / RUN_FILE
+    if path.exists():
+        previous = json.loads(path.read_text())
+        if previous.get("model") != run_info.get("model"):
+            raise ResumeError(
+                f"{out_dir} holds results of model {previous.get('model')!r}, not {run_info.get('model')!r}; "
+                "use another output folder"
+            )
+        run_info = previous | run_info
+    path.write_text(json.dumps(run_info, indent=2))
+
+
+def _check_methods(rows: Sequence[dict[str, Any]], methods: Sequence[Method]) -> None:
+    fingerprints = {m.name: m.fingerprint for m in methods}
+    for row in rows:
+        expected = fingerprints.get(row["method"])
+        if expected is not None and row["method_fingerprint"] != expected:
+            raise ResumeError(
+                f"method {row['method']!r} in {ROWS_FILE} was run with another configuration "
+                f"({row['method_fingerprint']} vs {expected} now); use another output folder or method name"
+            )
+
+
+def _now(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def run_method(
+    model: nn.Module, tokenizer, ids: torch.Tensor, sample: EvalSample, method: Method, proxies: Any = None
+) -> dict[str, Any]:
+    """One sample under one method: timed prefill, greedy reply from its cache, score."""
+    device = ids.device
+    config = method.config
+    with spts.enabled(model, config, proxies, method.selection) if config else contextlib.nullcontext():
+        start = _now(device)
+        logits, cache = prefill_with_cache(model, ids)
+        ttft = _now(device) - start
+        kv_fraction = spts.last_stats(model).kv_fraction if config else 1.0
+        prediction = greedy_continue(
+            model, tokenizer, logits, cache, sample.max_new_tokens, stop_token_ids(model, tokenizer),
+            stop_at_newline=sample.first_line_only,
+        )  # fmt: skip
+    graded = prediction.lstrip("\n").split("\n")[0] if sample.first_line_only else prediction
+    return {
+        "sample_id": sample.sample_id,
+        "task": sample.task,
+        "index": sample.index,
+        "target_tokens": sample.target_tokens,
+        "prompt_tokens": int(ids.shape[-1]),
+        "depth": sample.depth,
+        "method": method.name,
+        "method_fingerprint": method.fingerprint,
+        "prediction": prediction,
+        "references": list(sample.references),
+        "metric": sample.metric,
+        "score": score(sample.metric, graded, sample.references, sample.all_classes, sample.aggregate),
+        "ttft_s": ttft,
+        "kv_fraction": kv_fraction,
+    }
+
+
+def run_eval(
+    model: nn.Module,
+    tokenizer,
+    samples: Sequence[EvalSample],
+    methods: Sequence[Method],
+    out_dir: str | Path,
+    *,
+    renderer: PromptRenderer | None = None,
+    proxies: Any = None,
+    run_info: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Answer every sample with every method; rows go to ``out_dir/samples.jsonl`` as they finish.
+
+    Rows already in that file (same sample id and method name) are kept, not recomputed. Resuming with
+    a method name whose configuration changed, or another model (``run_info["model"]``), is refused.
+    Returns the rows of the requested samples and methods, in sample then method order.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    renderer = renderer or PromptRenderer(tokenizer)
+    _check_run_info(out_dir, run_info or {})
+    path = out_dir / ROWS_FILE
+    done = {(r["sample_id"], r["method"]): r for r in _read_rows(path)}
+    _check_methods(list(done.values()), methods)
+    ids_seen = [s.sample_id for s in samples]
+    if len(set(ids_seen)) != len(ids_seen):
+        raise ValueError("samples repeat an id (task/length/index)")
+
+    pending = [(s, [m for m in methods if (s.sample_id, m.name) not in done]) for s in samples]
+    pending = [(s, ms) for s, ms in pending if ms]
+    device = next(model.parameters()).device
+    # LTP proxies are loaded, checked and moved once, not inside every timed prefill.
+    scorers = {m.name: spts.ffn_scorer(model, m.config, proxies) if m.config else None for m in methods}
+    if pending:
+        _warm_up(model, renderer, pending[0][0], methods, scorers, device)
+    bar = tqdm(total=sum(len(ms) for _, ms in pending), desc="eval", unit="answer", disable=not progress)
+    with path.open("a", encoding="utf-8") as sink:
+        for sample, todo in pending:
+            ids = renderer.input_ids(sample).to(device)
+            for method in todo:
+                bar.set_postfix_str(f"{sample.sample_id} {method.name}")
+                row = run_method(model, tokenizer, ids, sample, method, scorers[method.name])
+                sink.write(json.dumps(row, ensure_ascii=False) + "\n")
+                sink.flush()
+                done[(sample.sample_id, method.name)] = row
+                bar.update()
+    bar.close()
+    return [done[(s.sample_id, m.name)] for s in samples for m in methods]
+
+
+def _warm_up(model, renderer, sample, methods, scorers, device) -> None:
+    """One short prefill per method first, so the first timed sample does not pay for kernel set-up."""
+    ids = renderer.input_ids(sample)[:, -256:].to(device)
+    for method in methods:
+        with torch.inference_mode():
+            if method.config is None:
+                model(ids, logits_to_keep=1)
+            else:
+                with spts.enabled(model, method.config, scorers[method.name], method.selection):
+                    model(ids, logits_to_keep=1)
