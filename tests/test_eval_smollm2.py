@@ -24,7 +24,10 @@ def test_eval_cli_on_smollm2_writes_every_output(tmp_path):
         assert 0.75 * 1024 <= row["prompt_tokens"] <= 1024 and row["ttft_s"] > 0 and 0 <= row["score"] <= 1
     summary = json.loads((out / "summary.json").read_text())
     assert summary["methods"] == ["full", "spts"] and len(summary["cells"]) == len(TASKS) * 2
-    assert "spts eval --model smollm2-135m" in summary["header"]
+    assert "spts eval --model smollm2-135m --tasks all --lengths 1024 --samples 2 --methods full,spts" in summary[
+        "header"
+    ]
+    assert "--ltp" in summary["header"] and "--seed 0" in summary["header"]
     assert (out / "accuracy_vs_speedup.png").stat().st_size > 0
     assert "| niah_single | 2 |" in (out / "table.md").read_text()
     # A second identical command finds everything done and only rewrites the reports.
@@ -34,13 +37,17 @@ def test_eval_cli_on_smollm2_writes_every_output(tmp_path):
 
 
 @pytest.mark.slow
+def _refusal(args: list[str]) -> str:
+    """The error a refused command prints, unwrapped from rich's box."""
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code != 0, result.output
+    return " ".join(result.output.replace("│", " ").split())
+
+
 def test_eval_cli_rejects_bad_input(tmp_path):
-    runner = CliRunner()
-    bad_task = runner.invoke(app, ["eval", "--tasks", "niah", "--out", str(tmp_path)])
-    assert bad_task.exit_code != 0 and "unknown task 'niah'" in bad_task.output
-    too_long = runner.invoke(app, ["eval", "--lengths", "65536", "--out", str(tmp_path)])
-    assert too_long.exit_code != 0 and "context window of 8192" in too_long.output
-    no_longbench = runner.invoke(app, ["eval", "--longbench-dir", str(tmp_path), "--out", str(tmp_path / "o")])
-    assert no_longbench.exit_code != 0 and "--longbench-dir" in no_longbench.output  # no hotpotqa.jsonl there
-    not_a_folder = runner.invoke(app, ["eval", "--longbench-dir", str(tmp_path / "nope"), "--out", str(tmp_path)])
-    assert not_a_folder.exit_code != 0 and "is not a folder" in not_a_folder.output
+    assert "unknown task 'niah'" in _refusal(["eval", "--tasks", "niah", "--out", str(tmp_path)])
+    assert "context window of 8192" in _refusal(["eval", "--lengths", "65536", "--out", str(tmp_path)])
+    # a folder without hotpotqa.jsonl, and no folder at all
+    assert "--longbench-dir" in _refusal(["eval", "--longbench-dir", str(tmp_path), "--out", str(tmp_path / "o")])
+    missing = ["eval", "--longbench-dir", str(tmp_path / "nope"), "--out", str(tmp_path)]
+    assert "is not a folder" in _refusal(missing)

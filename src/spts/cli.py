@@ -254,8 +254,21 @@ def bench(
     console.print((out / "table.md").read_text())
 
 
+def _command_line(ctx: typer.Context) -> str:
+    """The current command with every option spelled out, defaults included, so it reruns as it ran."""
+    parts = [ctx.command_path.replace(ctx.find_root().info_name or "", "spts", 1)]
+    for name, value in ((param.name, ctx.params.get(param.name)) for param in ctx.command.params):
+        flag = "--" + name.rstrip("_").replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(flag if value else flag.replace("--", "--no-", 1))
+        elif value is not None:
+            parts.append(f"{flag} {value}")
+    return " ".join(parts)
+
+
 @app.command("eval")
 def eval_(
+    ctx: typer.Context,
     model: Annotated[str, typer.Option(help="zoo model name or local Hugging Face model folder")] = "smollm2-135m",
     tasks: Annotated[str, typer.Option(help="comma-separated tasks or groups: ruler, qa, all, vt, ...")] = "all",
     lengths: Annotated[str, typer.Option(help="comma-separated prompt lengths in tokens")] = "4096",
@@ -319,7 +332,7 @@ def eval_(
 
         with console.status("LTP proxies (the first run calibrates them) ..."):
             proxies = zoo_proxies(model, lm, tokenizer, progress=False)
-    command = "spts eval " + " ".join(sys.argv[2:])
+    command = _command_line(ctx)
     info = {"model": model, "device": device, "dtype": str(dtype), "base_config": config.to_dict()}
     rows = run_eval(lm, tokenizer, items, chosen, out, renderer=renderer, proxies=proxies, run_info=info)
     header = (
