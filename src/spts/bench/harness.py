@@ -108,7 +108,7 @@ class BenchRow:
     decode_ms_per_token: float | None = None
     """Median of (time to token 128 - time to token 1) / 127: decoding over this method's cache."""
     layer_group_seconds: dict[str, float] | None = None
-    """One untimed-for-TTFT prefill split by layer group (full layers, each stage, the rest)."""
+    """Seconds per layer group (full layers, each stage, the rest) in one extra prefill, not a timed repeat."""
 
 
 def _method_context(model: nn.Module, method: Method, proxies: Any):
