@@ -88,11 +88,29 @@ def demo(
     if json_out:
         record = result.to_dict() | {
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores",
+            "machine": _machine(),
             "torch": torch.__version__,
         }
         json_out.write_text(json.dumps(record, indent=2))
         console.print(f"wrote {json_out}")
+
+
+def _machine() -> str:
+    return f"{platform.node()} {platform.machine()} {os.cpu_count()} cores"
+
+
+def _run_context(dtype) -> str:
+    """dtype, torch version, machine and date: the first line of every results table."""
+    import torch
+
+    return f"{str(dtype).removeprefix('torch.')}, torch {torch.__version__}, {_machine()}, {datetime.now(UTC):%Y-%m-%d}"
+
+
+def _describe(config, ltp: bool) -> str:
+    return (
+        f"{config.name}: start {config.start_layer}, boundaries {config.stage_boundaries}, budgets {config.budgets}, "
+        f"delta {config.delta}, pool {config.pool_kernel}; FFN policy {'LTP' if ltp else 'attention score'}"
+    )
 
 
 def _load_model(model: str, dtype, device: str):
@@ -185,7 +203,7 @@ def calibrate(
         "model": model,
         "command": "spts calibrate " + " ".join(sys.argv[2:]),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores",
+        "machine": _machine(),
         "torch": torch.__version__,
         "calibration_seconds": calibration_seconds,
         "meta": dataclasses.asdict(proxies.meta),
@@ -244,11 +262,8 @@ def bench(
     rows = run_bench(lm, config, sizes, out, repeats=repeats, warmup=warmup, proxies=ffn, decode=decode)
     header = (
         f"{model} ({'random weights' if model in SHAPES and random_weights else 'checkpoint'}), {device}, "
-        f"{str(dtype).removeprefix('torch.')}, torch {torch.__version__}, {platform.node()} "
-        f"{platform.machine()} {os.cpu_count()} cores, {datetime.now(UTC):%Y-%m-%d}; SPTS config {config.name}: "
-        f"start {config.start_layer}, boundaries {config.stage_boundaries}, budgets {config.budgets}, "
-        f"delta {config.delta}, pool {config.pool_kernel}; FFN policy "
-        f"{'LTP' if ffn is not None else 'attention score'}. Command: spts bench {' '.join(sys.argv[2:])}"
+        f"{_run_context(dtype)}; SPTS config {_describe(config, ffn is not None)}. "
+        f"Command: spts bench {' '.join(sys.argv[2:])}"
     )
     write_reports(rows, out, header)
     console.print((out / "table.md").read_text())
@@ -336,11 +351,8 @@ def eval_(
     info = {"model": model, "device": device, "dtype": str(dtype), "base_config": config.to_dict()}
     rows = run_eval(lm, tokenizer, items, chosen, out, renderer=renderer, proxies=proxies, run_info=info)
     header = (
-        f"{model}, {device} {str(dtype).removeprefix('torch.')}, torch {torch.__version__}, {platform.node()} "
-        f"{platform.machine()} {os.cpu_count()} cores, {datetime.now(UTC):%Y-%m-%d}; chat template "
-        f"{'on' if renderer.chat else 'off'}; base SPTS config {config.name}: start {config.start_layer}, boundaries "
-        f"{config.stage_boundaries}, budgets {config.budgets}, delta {config.delta}, pool {config.pool_kernel}, "
-        f"FFN policy {'LTP' if proxies is not None else 'attention score'}. Command: `{command}`"
+        f"{model}, {device} {_run_context(dtype)}; chat template {'on' if renderer.chat else 'off'}; "
+        f"base SPTS config {_describe(config, proxies is not None)}. Command: `{command}`"
     )
     write_reports(rows, out, header)
     console.print((out / "table.md").read_text())

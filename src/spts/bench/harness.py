@@ -124,24 +124,44 @@ def _prefill_fn(model: nn.Module, ids: torch.Tensor, method: Method, proxies: An
     return run
 
 
-def _measure_once(model: nn.Module, ids: torch.Tensor, method: Method, proxies: Any) -> dict[str, Any]:
-    """Cache size, probe share and peak memory of one extra, untimed call."""
-    config, _ = method
+def _measure_once(
+    model: nn.Module, ids: torch.Tensor, method: Method, proxies: Any, config: SPTSConfig
+) -> dict[str, Any]:
+    """Of one extra, untimed call: cache size, probe share, peak memory, and the prefill split by layer group
+    (the base ``config``'s groups for every method alike, plus embedding, final norm and LM head) from
+    timers hooked around each decoder layer."""
+    method_config, _ = method
     device = ids.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     probe_share, kv_fraction = 0.0, 1.0
-    with torch.inference_mode(), _method_context(model, method, proxies):
-        out = model(ids, use_cache=True, logits_to_keep=1)
-        if config is not None:
-            stats = spts.last_stats(model)
-            probe_share, kv_fraction = stats.probe_time_share, stats.kv_fraction
+    layers = adapter_for(model).layers()
+    timers = [IntervalTimer(device) for _ in layers]
+    handles = []
+    for layer, timer in zip(layers, timers, strict=True):
+        handles.append(layer.register_forward_pre_hook(lambda *_, t=timer: t.start()))
+        handles.append(layer.register_forward_hook(lambda *_, t=timer: t.stop()))
+    total = IntervalTimer(device)
+    try:
+        with torch.inference_mode(), _method_context(model, method, proxies):
+            total.start()
+            out = model(ids, use_cache=True, logits_to_keep=1)
+            total.stop()
+            if method_config is not None:
+                stats = spts.last_stats(model)
+                probe_share, kv_fraction = stats.probe_time_share, stats.kv_fraction
+    finally:
+        for handle in handles:
+            handle.remove()
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    groups = {name: sum(timers[i].seconds() for i in members) for name, members in _layer_groups(config, len(layers))}
+    groups["embedding, norm, LM head"] = max(0.0, total.seconds() - sum(groups.values()))
     return {
         "kv_cache_bytes": cache_nbytes(out.past_key_values),
         "kv_fraction": kv_fraction,
         "probe_time_share": probe_share,
         "peak_memory_bytes": peak,
+        "layer_group_seconds": groups,
     }
 
 
@@ -185,31 +205,6 @@ def _layer_groups(config: SPTSConfig, num_layers: int) -> list[tuple[str, range]
     groups = [(f"layers 0-{config.start_layer - 1} (full)", range(config.start_layer))]
     for stage, (a, b) in enumerate(itertools.pairwise(starts)):
         groups.append((f"stage {stage}: layers {a}-{b - 1}", range(a, b)))
-    return groups
-
-
-def _layer_breakdown(
-    model: nn.Module, ids: torch.Tensor, method: Method, proxies: Any, config: SPTSConfig
-) -> dict[str, float]:
-    """Prefill seconds per layer group (the base config's groups, for every method alike) and the rest
-    (embedding, final norm, LM head), from hooks around each decoder layer."""
-    layers = adapter_for(model).layers()
-    timers = [IntervalTimer(ids.device) for _ in layers]
-    handles = []
-    for layer, timer in zip(layers, timers, strict=True):
-        handles.append(layer.register_forward_pre_hook(lambda *_, t=timer: t.start()))
-        handles.append(layer.register_forward_hook(lambda *_, t=timer: t.stop()))
-    total = IntervalTimer(ids.device)
-    try:
-        with torch.inference_mode(), _method_context(model, method, proxies):
-            total.start()
-            model(ids, use_cache=True, logits_to_keep=1)
-            total.stop()
-    finally:
-        for handle in handles:
-            handle.remove()
-    groups = {name: sum(timers[i].seconds() for i in members) for name, members in _layer_groups(config, len(layers))}
-    groups["embedding, norm, LM head"] = max(0.0, total.seconds() - sum(groups.values()))
     return groups
 
 
@@ -265,8 +260,7 @@ def run_bench(
                 }
         with jsonl.open("a") as sink:
             for name, method in methods.items():
-                extra = _measure_once(model, ids, method, scorers[name])
-                extra["layer_group_seconds"] = _layer_breakdown(model, ids, method, scorers[name], config)
+                extra = _measure_once(model, ids, method, scorers[name], config)
                 row = BenchRow(
                     length=length,
                     method=name,

@@ -21,7 +21,7 @@ import spts
 from spts.eval.methods import Method
 from spts.eval.metrics import score
 from spts.eval.prompts import EvalSample, PromptRenderer
-from spts.generation import greedy_continue, prefill_with_cache, stop_token_ids
+from spts.generation import greedy_continue, prefill_with_cache
 
 ROWS_FILE = "samples.jsonl"
 RUN_FILE = "run.json"
@@ -84,9 +84,8 @@ def run_method(
         ttft = _now(device) - start
         kv_fraction = spts.last_stats(model).kv_fraction if config else 1.0
         prediction = greedy_continue(
-            model, tokenizer, logits, cache, sample.max_new_tokens, stop_token_ids(model, tokenizer),
-            stop_at_newline=sample.first_line_only,
-        )  # fmt: skip
+            model, tokenizer, logits, cache, sample.max_new_tokens, stop_at_newline=sample.first_line_only
+        )
     graded = prediction.lstrip("\n").split("\n")[0] if sample.first_line_only else prediction
     return {
         "sample_id": sample.sample_id,
