@@ -63,3 +63,25 @@ def test_bench_without_decode_timing(tmp_path):
     assert all(r.e2e_16_s is None and r.decode_ms_per_token is None for r in rows)
     write_reports(rows, tmp_path, "no decode")
     assert "| 64 | spts |" in (tmp_path / "table.md").read_text()
+
+
+def test_bench_decoding_through_the_model_own_step(tmp_path):
+    rows = run_bench(tiny_model("qwen3"), CONFIG, [64], tmp_path, repeats=1, warmup=0, progress=False,
+                     static_decode=False)  # fmt: skip
+    assert all(0 < r.ttft_median_s < r.e2e_16_s < r.e2e_128_s and r.decode_ms_per_token > 0 for r in rows)
+
+
+def test_bench_cli_records_the_full_command(tmp_path):
+    from typer.testing import CliRunner
+
+    from spts.cli import app
+
+    args = ["bench", "--model", "smollm2-135m", "--lengths", "32", "--repeats", "1", "--warmup", "0", "--no-decode"]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    header = (tmp_path / "table.md").read_text().splitlines()[0]
+    assert "random weights" in header and "prefill only" in header
+    assert header.endswith(
+        f"Command: spts bench --model smollm2-135m --lengths 32 --out {tmp_path} --repeats 1 --warmup 0 "
+        "--random-weights --no-ltp --no-decode --static-decode"
+    )

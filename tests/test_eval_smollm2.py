@@ -24,9 +24,9 @@ def test_eval_cli_on_smollm2_writes_every_output(tmp_path):
         assert 0.75 * 1024 <= row["prompt_tokens"] <= 1024 and row["ttft_s"] > 0 and 0 <= row["score"] <= 1
     summary = json.loads((out / "summary.json").read_text())
     assert summary["methods"] == ["full", "spts"] and len(summary["cells"]) == len(TASKS) * 2
-    assert "spts eval --model smollm2-135m --tasks all --lengths 1024 --samples 2 --methods full,spts" in summary[
-        "header"
-    ]
+    assert (
+        "spts eval --model smollm2-135m --tasks all --lengths 1024 --samples 2 --methods full,spts" in summary["header"]
+    )
     assert "--ltp" in summary["header"] and "--seed 0" in summary["header"]
     assert (out / "accuracy_vs_speedup.png").stat().st_size > 0
     assert "| niah_single | 2 |" in (out / "table.md").read_text()

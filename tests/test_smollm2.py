@@ -74,3 +74,23 @@ def test_needle_at_6k_tokens_with_spts_and_zoo_ltp_proxies(smollm2):
         )
     answer = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
     assert prompt.is_correct(answer), f"expected {prompt.answer!r} in {answer!r}"
+
+
+@pytest.mark.slow
+def test_static_decoder_reproduces_transformers_greedy_generation_on_real_weights(smollm2):
+    from spts.generation import greedy_tokens
+
+    model, tokenizer = smollm2
+    prompt = build_needle_prompt(tokenizer, 1500, depth=0.3, seed=3)
+    ids = prompt_input_ids(tokenizer, prompt)
+    eos = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = None  # all 32 tokens, as greedy_tokens gives (SmolLM2 ends at 8)
+    try:
+        full = model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=32, do_sample=False, pad_token_id=0
+        )
+    finally:
+        model.generation_config.eos_token_id = eos
+    assert torch.equal(greedy_tokens(model, ids, 32, fast=True), full[:, ids.shape[1] :])
+    with spts.enabled(model, SPTSConfig.preset("smollm2-135m")):
+        assert torch.equal(greedy_tokens(model, ids, 32, fast=True), greedy_tokens(model, ids, 32, fast=False))

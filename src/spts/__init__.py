@@ -14,6 +14,7 @@ from spts.policies import AttentionScoreFFN, FFNScorer
 from spts.runtime import (
     LayerStats,
     PrefillStats,
+    StaticDecoder,
     cache_nbytes,
     cache_tokens_per_layer,
     disable,
@@ -34,6 +35,7 @@ __all__ = [
     "PrefillStats",
     "SPTSConfig",
     "SPTSError",
+    "StaticDecoder",
     "UnsupportedInputError",
     "UnsupportedModelError",
     "__version__",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -131,6 +130,7 @@ def _load_model(model: str, dtype, device: str):
 
 @app.command()
 def calibrate(
+    ctx: typer.Context,
     model: Annotated[str, typer.Option(help="zoo model name or local Hugging Face model folder")] = "smollm2-135m",
     out: Annotated[Path | None, typer.Option(help="proxy file to write (default: the zoo cache)")] = None,
     texts: Annotated[list[Path] | None, typer.Option(help="calibration text files (default: the essays)")] = None,
@@ -201,7 +201,7 @@ def calibrate(
     )
     record = {
         "model": model,
-        "command": "spts calibrate " + " ".join(sys.argv[2:]),
+        "command": _command_line(ctx),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": _machine(),
         "torch": torch.__version__,
@@ -216,6 +216,7 @@ def calibrate(
 
 @app.command()
 def bench(
+    ctx: typer.Context,
     model: Annotated[
         str, typer.Option(help="a random-weight shape (llama-3.1-8b, qwen2.5-7b, ...), zoo model or model folder")
     ] = "smollm2-135m",
@@ -233,6 +234,10 @@ def bench(
     ] = None,
     ltp: Annotated[bool, typer.Option(help="a zoo checkpoint's own LTP proxies (with --no-random-weights)")] = False,
     decode: Annotated[bool, typer.Option(help="also time 128-token greedy generation (E2E, decode)")] = True,
+    static_decode: Annotated[
+        bool,
+        typer.Option(help="decode every method through spts's static decoder (CUDA graph on GPU), else the model's"),
+    ] = True,
 ) -> None:
     """TTFT, E2E latency and decode speed of the full model vs SPTS and its ablations (resumable)."""
     import torch
@@ -259,11 +264,14 @@ def bench(
             raise typer.BadParameter("--ltp needs real weights: add --no-random-weights (or pass --proxies FILE)")
         ffn = zoo_proxies(model, lm, tokenizer, progress=False)
     sizes = [int(n) for n in lengths.split(",")]
-    rows = run_bench(lm, config, sizes, out, repeats=repeats, warmup=warmup, proxies=ffn, decode=decode)
+    rows = run_bench(
+        lm, config, sizes, out, repeats=repeats, warmup=warmup, proxies=ffn, decode=decode, static_decode=static_decode
+    )
+    decoder = "static decoder" if static_decode else "the model's own decode step"
     header = (
         f"{model} ({'random weights' if model in SHAPES and random_weights else 'checkpoint'}), {device}, "
-        f"{_run_context(dtype)}; SPTS config {_describe(config, ffn is not None)}. "
-        f"Command: spts bench {' '.join(sys.argv[2:])}"
+        f"{_run_context(dtype)}; SPTS config {_describe(config, ffn is not None)}; "
+        f"{'decoding through ' + decoder if decode else 'prefill only'}. Command: {_command_line(ctx)}"
     )
     write_reports(rows, out, header)
     console.print((out / "table.md").read_text())
@@ -276,6 +284,8 @@ def _command_line(ctx: typer.Context) -> str:
         flag = "--" + name.rstrip("_").replace("_", "-")
         if isinstance(value, bool):
             parts.append(flag if value else flag.replace("--", "--no-", 1))
+        elif isinstance(value, list | tuple):
+            parts.extend(f"{flag} {item}" for item in value)
         elif value is not None:
             parts.append(f"{flag} {value}")
     return " ".join(parts)

@@ -1,14 +1,19 @@
 """Prefill and greedy decoding over whatever cache the prefill left (the full one, or SPTS's compressed one).
 
 A plain loop rather than ``model.generate``: the prefill is a separate call, so it can be timed on its own
-(TTFT) with ``logits_to_keep=1``, the fastest prefill for every method alike.
+(TTFT) with ``logits_to_keep=1``, the fastest prefill for every method alike. Decoding steps either through
+the model (``fast=False``) or through :class:`spts.runtime.decode.StaticDecoder` (static per-layer buffers,
+a CUDA graph on GPU), which gives the same greedy tokens.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
+
+from spts.runtime.decode import StaticDecoder
 
 
 def prefill_with_cache(model, ids: torch.Tensor) -> tuple[torch.Tensor, Any]:
@@ -39,10 +44,13 @@ def greedy_continue(
     max_new_tokens: int,
     stop_ids: frozenset[int] | None = None,
     stop_at_newline: bool = False,
+    fast: bool = False,
 ) -> str:
     """Greedy decoding from a prefill's last logits and cache, up to ``max_new_tokens`` or a stop token;
-    ``stop_at_newline`` also ends at the first line break after some text (for tasks graded on one line)."""
+    ``stop_at_newline`` also ends at the first line break after some text (for tasks graded on one line);
+    ``fast`` decodes through a :class:`StaticDecoder` instead of the model's own step."""
     stop_ids = stop_token_ids(model, tokenizer) if stop_ids is None else stop_ids
+    step = decode_step(model, cache, max_new_tokens, fast)
     tokens: list[int] = []
     with torch.inference_mode():
         for _ in range(max_new_tokens):
@@ -52,5 +60,31 @@ def greedy_continue(
             tokens.append(int(token))
             if stop_at_newline and "\n" in tokenizer.decode(tokens, skip_special_tokens=True).lstrip("\n"):
                 break
-            logits = model(token, past_key_values=cache, use_cache=True).logits[:, -1]
+            logits = step(token)
     return tokenizer.decode(tokens, skip_special_tokens=True).strip()
+
+
+def decode_step(model, cache: Any, max_new_tokens: int, fast: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A function from the next tokens (B, 1) to their logits (B, vocab) that appends them to ``cache``:
+    the model's own forward, or (``fast``) a :class:`StaticDecoder` loaded with the cache."""
+    if fast:
+        return StaticDecoder(model, cache, max_new_tokens).step
+
+    def model_step(tokens: torch.Tensor) -> torch.Tensor:
+        return model(tokens, past_key_values=cache, use_cache=True).logits[:, -1]
+
+    return model_step
+
+
+def greedy_tokens(model, input_ids: torch.Tensor, max_new_tokens: int, fast: bool = True) -> torch.Tensor:
+    """Exactly ``max_new_tokens`` greedy tokens (B, max_new_tokens) after ``input_ids`` (B, T), no early stop:
+    prefill (SPTS's if enabled on ``model``), then decoding as :func:`decode_step` does."""
+    logits, cache = prefill_with_cache(model, input_ids)
+    step = decode_step(model, cache, max_new_tokens, fast)
+    tokens = []
+    with torch.inference_mode():
+        for n in range(max_new_tokens):
+            tokens.append(logits.argmax(-1, keepdim=True))
+            if n + 1 < max_new_tokens:
+                logits = step(tokens[-1])
+    return torch.cat(tokens, dim=1)

@@ -52,6 +52,14 @@ class DecoderAdapter:
     def layers(self) -> nn.ModuleList:
         return self.decoder().layers
 
+    def rotary(self) -> nn.Module:
+        """The rotary embedding: called with (tensor, position_ids), returns (cos, sin)."""
+        return self.decoder().rotary_emb
+
+    def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The norm after the last layer, before the LM head."""
+        return self.decoder().norm(hidden)
+
     def sliding_window(self, layer_idx: int) -> int | None:
         """The attention window of a layer, or None when it attends to the whole prefix."""
         layer_types = getattr(self.config, "layer_types", None)

@@ -25,7 +25,9 @@ import spts
 from spts.adapters import adapter_for
 from spts.bench.timing import time_calls
 from spts.config import SPTSConfig
+from spts.generation import decode_step
 from spts.runtime import cache_nbytes
+from spts.runtime.decode import StaticDecoder
 from spts.runtime.timing import IntervalTimer
 
 # Real architectures at real shapes; random weights time them faithfully (no checkpoint needed).
@@ -166,11 +168,15 @@ def _measure_once(
 
 
 def _generation_timepoints(
-    model: nn.Module, ids: torch.Tensor, method: Method, proxies: Any, new_tokens: int
-) -> dict[int, float]:
+    model: nn.Module, ids: torch.Tensor, method: Method, proxies: Any, new_tokens: int, decoder: Any
+) -> tuple[dict[int, float], Any]:
     """Seconds from the start of the prefill to new token 1, 16 and ``new_tokens`` (greedy, no early stop,
     so every method does the same work), read from marks taken during one generation (CUDA events on GPU,
-    resolved after the loop, so no sync slows it down)."""
+    resolved after the loop, so no sync slows it down).
+
+    ``decoder`` is None to decode through the model itself, else the method's :class:`StaticDecoder`
+    (True the first time: it is built from this generation's cache, CUDA graph included, and returned
+    so later generations only load their cache into it, which is timed)."""
     marks: dict[int, Any] = {}
     cuda = ids.device.type == "cuda"
 
@@ -189,15 +195,23 @@ def _generation_timepoints(
         token = out.logits[:, -1].argmax(-1, keepdim=True)
         cache = out.past_key_values
         mark(1)
+        if decoder is None:
+            step = decode_step(model, cache, new_tokens, fast=False)
+        else:
+            if decoder is True:
+                decoder = StaticDecoder(model, cache, new_tokens)
+            else:
+                decoder.load(cache)
+            step = decoder.step
         for n in range(2, new_tokens + 1):
-            token = model(token, past_key_values=cache, use_cache=True).logits[:, -1].argmax(-1, keepdim=True)
+            token = step(token).argmax(-1, keepdim=True)
             if n in (16, new_tokens):
                 mark(n)
         if cuda:
             torch.cuda.synchronize(ids.device)
     if cuda:
-        return {n: marks[0].elapsed_time(e) / 1000.0 for n, e in marks.items()}
-    return {n: t - marks[0] for n, t in marks.items()}
+        return {n: marks[0].elapsed_time(e) / 1000.0 for n, e in marks.items()}, decoder
+    return {n: t - marks[0] for n, t in marks.items()}, decoder
 
 
 def _layer_groups(config: SPTSConfig, num_layers: int) -> list[tuple[str, range]]:
@@ -219,13 +233,15 @@ def run_bench(
     seed: int = 0,
     progress: bool = True,
     decode: bool = True,
+    static_decode: bool = True,
 ) -> list[BenchRow]:
     """Time every method of :func:`ablations` at every length; append rows to ``out_dir/rows.jsonl``.
 
     Per method: TTFT (prefill with ``logits_to_keep=1``, interleaved repeats, median); with ``decode``,
     ``repeats`` greedy generations of 128 tokens giving E2E latency to tokens 16 and 128 and decode
-    ms/token over the method's own cache; a per-layer-group split of one prefill, cache size, probe
-    share and peak memory.
+    ms/token over the method's own cache, every method through the same decoder: a :class:`StaticDecoder`
+    (``static_decode``, CUDA graph on GPU) or the model's own step; a per-layer-group split of one prefill,
+    cache size, probe share and peak memory.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     jsonl = out_dir / "rows.jsonl"
@@ -248,11 +264,16 @@ def run_bench(
         full = timings["full"].median
         generation: dict[str, dict[str, float | None]] = {name: {} for name in methods}
         if decode:
-            points: dict[str, list[dict[int, float]]] = {name: [] for name in methods}
-            for _ in range(repeats):  # interleaved, like the TTFT repeats
-                for name, method in methods.items():
-                    points[name].append(_generation_timepoints(model, ids, method, scorers[name], 128))
-            for name, runs in points.items():
+            for name, method in methods.items():
+                # One method at a time, so that only one method's static decoder is held; its first
+                # generation builds it (and captures the CUDA graph) and is not timed.
+                decoder: Any = True if static_decode else None
+                runs = []
+                for repeat in range(max(warmup, 1) + repeats):
+                    points, decoder = _generation_timepoints(model, ids, method, scorers[name], 128, decoder)
+                    if repeat >= max(warmup, 1):
+                        runs.append(points)
+                del decoder
                 generation[name] = {
                     "e2e_16_s": statistics.median(p[16] for p in runs),
                     "e2e_128_s": statistics.median(p[128] for p in runs),
