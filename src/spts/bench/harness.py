@@ -168,15 +168,21 @@ def _measure_once(
 
 
 def _generation_timepoints(
-    model: nn.Module, ids: torch.Tensor, method: Method, proxies: Any, new_tokens: int, decoder: Any
-) -> tuple[dict[int, float], Any]:
+    model: nn.Module,
+    ids: torch.Tensor,
+    method: Method,
+    proxies: Any,
+    new_tokens: int,
+    static: bool,
+    decoder: StaticDecoder | None,
+) -> tuple[dict[int, float], StaticDecoder | None]:
     """Seconds from the start of the prefill to new token 1, 16 and ``new_tokens`` (greedy, no early stop,
     so every method does the same work), read from marks taken during one generation (CUDA events on GPU,
     resolved after the loop, so no sync slows it down).
 
-    ``decoder`` is None to decode through the model itself, else the method's :class:`StaticDecoder`
-    (True the first time: it is built from this generation's cache, CUDA graph included, and returned
-    so later generations only load their cache into it, which is timed)."""
+    ``static`` decodes through a :class:`StaticDecoder`, else through the model's own step. The decoder
+    is built from this generation's cache when ``decoder`` is None (CUDA graph included), else the cache
+    is loaded into it (timed); it is returned for the next generation of the same method."""
     marks: dict[int, Any] = {}
     cuda = ids.device.type == "cuda"
 
@@ -195,13 +201,13 @@ def _generation_timepoints(
         token = out.logits[:, -1].argmax(-1, keepdim=True)
         cache = out.past_key_values
         mark(1)
-        if decoder is None:
+        if not static:
             step = decode_step(model, cache, new_tokens, fast=False)
+        elif decoder is None:
+            decoder = StaticDecoder(model, cache, new_tokens)
+            step = decoder.step
         else:
-            if decoder is True:
-                decoder = StaticDecoder(model, cache, new_tokens)
-            else:
-                decoder.load(cache)
+            decoder.load(cache)
             step = decoder.step
         for n in range(2, new_tokens + 1):
             token = step(token).argmax(-1, keepdim=True)
@@ -267,10 +273,11 @@ def run_bench(
             for name, method in methods.items():
                 # One method at a time, so that only one method's static decoder is held; its first
                 # generation builds it (and captures the CUDA graph) and is not timed.
-                decoder: Any = True if static_decode else None
-                runs = []
+                decoder, runs = None, []
                 for repeat in range(max(warmup, 1) + repeats):
-                    points, decoder = _generation_timepoints(model, ids, method, scorers[name], 128, decoder)
+                    points, decoder = _generation_timepoints(
+                        model, ids, method, scorers[name], 128, static_decode, decoder
+                    )
                     if repeat >= max(warmup, 1):
                         runs.append(points)
                 del decoder
