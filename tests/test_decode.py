@@ -115,3 +115,8 @@ def test_static_decoder_refusals():
     _, cache = prefill_with_cache(windowed, _prompt(64))
     with pytest.raises(spts.UnsupportedModelError, match="does not support sliding-window attention"):
         StaticDecoder(windowed, cache, 4)
+
+    dynamic = tiny_model("llama", rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0})
+    _, cache = prefill_with_cache(dynamic, _prompt(64))
+    with pytest.raises(spts.UnsupportedModelError, match="does not support rope_type='dynamic'"):
+        StaticDecoder(dynamic, cache, 4)
