@@ -57,6 +57,12 @@ def family_module(model: torch.nn.Module):
     return importlib.import_module(type(model).__module__)
 
 
+def pytest_report_header(config) -> str:
+    import transformers
+
+    return f"spts tested against transformers {transformers.__version__}, torch {torch.__version__}"
+
+
 @pytest.fixture(autouse=True)
 def _no_grad():
     with torch.no_grad():

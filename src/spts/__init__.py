@@ -9,7 +9,7 @@ spts.disable(model)                                  # exactly the original mode
 
 from spts.adapters import supported_model_types
 from spts.config import PRESETS, SPTSConfig
-from spts.errors import SPTSError, UnsupportedInputError, UnsupportedModelError
+from spts.errors import SPTSError, TransformersCompatibilityError, UnsupportedInputError, UnsupportedModelError
 from spts.policies import AttentionScoreFFN, FFNScorer
 from spts.runtime import (
     LayerStats,
@@ -36,6 +36,7 @@ __all__ = [
     "SPTSConfig",
     "SPTSError",
     "StaticDecoder",
+    "TransformersCompatibilityError",
     "UnsupportedInputError",
     "UnsupportedModelError",
     "__version__",

@@ -11,3 +11,8 @@ class UnsupportedModelError(SPTSError):
 
 class UnsupportedInputError(SPTSError):
     """A call SPTS cannot run faithfully: padded batches, empty prompts, a non-dynamic cache."""
+
+
+class TransformersCompatibilityError(RuntimeError):
+    """The installed transformers broke an assumption spts relies on (an argument renamed, a layer's cache not
+    holding what the plan kept). Raised instead of returning results that could be silently wrong."""

@@ -14,13 +14,14 @@ from typing import Any
 import torch
 
 from spts.runtime.decode import StaticDecoder
+from spts.runtime.transformers_api import model_cache_argument, output_cache
 
 
 def prefill_with_cache(model, ids: torch.Tensor) -> tuple[torch.Tensor, Any]:
     """The prefill forward that yields the first token: last-position logits and the (compressed) cache."""
     with torch.inference_mode():
         out = model(ids, use_cache=True, logits_to_keep=1)
-    return out.logits[:, -1], out.past_key_values
+    return out.logits[:, -1], output_cache(out)
 
 
 def stop_token_ids(model, tokenizer) -> frozenset[int]:
@@ -70,8 +71,10 @@ def decode_step(model, cache: Any, max_new_tokens: int, fast: bool) -> Callable[
     if fast:
         return StaticDecoder(model, cache, max_new_tokens).step
 
+    cache_kwargs = {model_cache_argument(model): cache}
+
     def model_step(tokens: torch.Tensor) -> torch.Tensor:
-        return model(tokens, past_key_values=cache, use_cache=True).logits[:, -1]
+        return model(tokens, use_cache=True, **cache_kwargs).logits[:, -1]
 
     return model_step
 

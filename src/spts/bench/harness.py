@@ -29,6 +29,7 @@ from spts.generation import decode_step
 from spts.runtime import cache_nbytes
 from spts.runtime.decode import StaticDecoder
 from spts.runtime.timing import IntervalTimer
+from spts.runtime.transformers_api import output_cache
 
 # Real architectures at real shapes; random weights time them faithfully (no checkpoint needed).
 SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
@@ -159,7 +160,7 @@ def _measure_once(
     groups = {name: sum(timers[i].seconds() for i in members) for name, members in _layer_groups(config, len(layers))}
     groups["embedding, norm, LM head"] = max(0.0, total.seconds() - sum(groups.values()))
     return {
-        "kv_cache_bytes": cache_nbytes(out.past_key_values),
+        "kv_cache_bytes": cache_nbytes(output_cache(out)),
         "kv_fraction": kv_fraction,
         "probe_time_share": probe_share,
         "peak_memory_bytes": peak,
@@ -199,7 +200,7 @@ def _generation_timepoints(
         mark(0)
         out = model(ids, use_cache=True, logits_to_keep=1)
         token = out.logits[:, -1].argmax(-1, keepdim=True)
-        cache = out.past_key_values
+        cache = output_cache(out)
         mark(1)
         if not static:
             step = decode_step(model, cache, new_tokens, fast=False)

@@ -250,7 +250,7 @@ def _cache_lengths(cache: Any, num_layers: int) -> list[int]:
     layers = getattr(cache, "layers", None)
     if not isinstance(cache, DynamicCache) or not layers or any(getattr(la, "keys", None) is None for la in layers):
         raise UnsupportedInputError(
-            f"fast decoding starts from a filled DynamicCache (a prefill's past_key_values); got {type(cache).__name__}"
+            f"fast decoding starts from a filled DynamicCache (a prefill's cache); got {type(cache).__name__}"
         )
     if len(cache.layers) != num_layers:
         raise UnsupportedInputError(

@@ -24,9 +24,10 @@ from spts.config import SPTSConfig
 from spts.errors import UnsupportedInputError, UnsupportedModelError
 from spts.policies import AttentionScoreFFN, FFNScorer, plan_layers
 from spts.policies.ltp import LTPScorer
-from spts.runtime.prefill import PrefillState, skipping_prefill
+from spts.runtime.prefill import PrefillContext, PrefillState, skipping_prefill
 from spts.runtime.stats import LayerStats, PrefillStats
 from spts.runtime.timing import IntervalTimer
+from spts.runtime.transformers_api import cache_argument, incompatible, output_cache
 
 _RUNTIME_ATTR = "_spts_runtime"
 ProxySpec = LTPProxies | FFNScorer | str | os.PathLike | None
@@ -94,7 +95,7 @@ class SPTSRuntime:
         tokens = input_ids if input_ids is not None else embeds
         if tokens is None:
             return
-        cache = kwargs.get("past_key_values")
+        _, cache = cache_argument(kwargs)
         if cache is not None and cache.get_seq_length() > 0:
             return  # continuing from a cache: new tokens are appended densely (see _layer_forward)
         batch, length = tokens.shape[0], tokens.shape[1]
@@ -115,15 +116,30 @@ class SPTSRuntime:
         )
         stats.layers.extend(LayerStats(i, None, length, length, length, length) for i in range(self.config.start_layer))
         stats.total_timer.start()
+        context = PrefillContext(
+            adapter=self.adapter,
+            config=self.config,
+            attention_function=self.attention_function,
+            attn_implementation=self.model.config._attn_implementation,
+            ffn_scorer=self.ffn_scorer,
+            selection=self.selection,
+        )
         self.state = PrefillState(
-            plans=plan_layers(self.config, self.num_layers, length), candidates=None, scores=None, stats=stats
+            context=context,
+            plans=plan_layers(self.config, self.num_layers, length),
+            candidates=None,
+            scores=None,
+            stats=stats,
         )
 
     def _after_forward(self, module: nn.Module, args: tuple, output: Any) -> None:
-        if self.state is not None:
-            self.state.stats.total_timer.stop()
-            self.last_stats = self.state.stats
-            self.state = None
+        state, self.state = self.state, None
+        if state is None:
+            return
+        state.stats.total_timer.stop()
+        self.last_stats = state.stats
+        if output is not None:  # None: the forward raised, and that error is the one to see
+            check_cache_matches_plan(state.stats, output_cache(output), self.num_layers)
 
     def _layer_forward(
         self,
@@ -131,32 +147,52 @@ class SPTSRuntime:
         layer: nn.Module,
         original_forward: Callable,
         hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        past_key_values: Any = None,
-        use_cache: bool | None = False,
-        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        *args: Any,
         **kwargs: Any,
     ) -> torch.Tensor:
-        if self.state is not None and position_embeddings is not None:
-            return skipping_prefill(
-                self, self.state, layer_idx, layer, hidden_states, position_embeddings, past_key_values
+        if args:
+            raise incompatible(
+                f"decoder layer {layer_idx} was called with {len(args)} positional arguments after the hidden states; "
+                "spts expects the mask, positions and cache by keyword"
             )
+        cache_name, cache = cache_argument(kwargs)
+        position_embeddings = kwargs.get("position_embeddings")
+        if self.state is not None:
+            if position_embeddings is None:
+                raise incompatible(f"decoder layer {layer_idx} received no position_embeddings (rotary cos/sin)")
+            return skipping_prefill(self.state, layer_idx, layer, hidden_states, position_embeddings, cache)
         # Decoding (or appending to an existing cache): every new token is computed, but this layer's
         # cache holds fewer keys than the mask was built for, so keep the mask's trailing columns:
         # the cached keys are all in the past of every new token.
-        if isinstance(attention_mask, torch.Tensor) and past_key_values is not None:
-            kv_length = past_key_values.get_seq_length(layer_idx) + hidden_states.shape[1]
+        attention_mask = kwargs.get("attention_mask")
+        if isinstance(attention_mask, torch.Tensor) and cache is not None:
+            kv_length = cache.get_seq_length(layer_idx) + hidden_states.shape[1]
             if attention_mask.shape[-1] > kv_length:
-                attention_mask = attention_mask[..., -kv_length:]
-        return original_forward(
-            hidden_states,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            use_cache=use_cache,
-            position_embeddings=position_embeddings,
-            **kwargs,
+                kwargs["attention_mask"] = attention_mask[..., -kv_length:]
+        if cache is not None:
+            kwargs[cache_name] = cache
+        return original_forward(hidden_states, **kwargs)
+
+
+def check_cache_matches_plan(stats: PrefillStats, cache: Any, num_layers: int) -> None:
+    """Raise unless every layer ran as planned and cached exactly the tokens it kept.
+
+    Lengths only, so it is cheap enough to run after every prefill: a transformers release that
+    stops handing a layer its cache (or its rotary tables) would otherwise make SPTS return
+    logits and a cache that look fine and are wrong."""
+    ran = [layer.layer_idx for layer in stats.layers]
+    if ran != list(range(num_layers)):
+        missing = sorted(set(range(num_layers)) - set(ran))
+        raise incompatible(f"the SPTS prefill did not run its skipping pass in layers {missing}")
+    if cache is None:
+        return
+    held = [cache.get_seq_length(i) for i in range(num_layers)]
+    planned = stats.kv_tokens
+    if held != planned:
+        wrong = [i for i in range(num_layers) if held[i] != planned[i]]
+        raise incompatible(
+            f"after the SPTS prefill, the cache of layers {wrong} holds {[held[i] for i in wrong]} tokens where the "
+            f"plan kept {[planned[i] for i in wrong]}: a layer did not write its keys and values to the cache"
         )
 
 

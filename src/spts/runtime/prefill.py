@@ -8,23 +8,35 @@ scattered back; every other token rides the residual unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from spts.policies import attention_probe_scores, pool_scores, top_tokens
+from spts.adapters import DecoderAdapter
+from spts.config import SPTSConfig
+from spts.policies import FFNScorer, attention_probe_scores, pool_scores, top_tokens
 from spts.runtime.stats import LayerStats, PrefillStats
 
-if TYPE_CHECKING:
-    from spts.runtime.engine import SPTSRuntime
+
+@dataclass(frozen=True)
+class PrefillContext:
+    """What a skipping layer computes with: the model's parts, the schedule and the selection policies."""
+
+    adapter: DecoderAdapter
+    config: SPTSConfig
+    attention_function: Callable
+    attn_implementation: str
+    ffn_scorer: FFNScorer
+    selection: str  # "probe" (SPTS) or "random" (the schedule's speed ceiling)
 
 
 @dataclass
 class PrefillState:
     """What one prefill carries from layer to layer: the surviving candidates and the latest probe."""
 
+    context: PrefillContext
     plans: dict
     candidates: torch.Tensor | None  # (B, C) original positions, ascending; None while all tokens are
     scores: torch.Tensor | None  # (B, C) latest attention-probe scores over the candidates
@@ -55,16 +67,16 @@ def _causal_mask(implementation: str, n: int, like: torch.Tensor) -> torch.Tenso
 
 
 def skipping_prefill(
-    runtime: SPTSRuntime,
     state: PrefillState,
     layer_idx: int,
     layer: nn.Module,
     hidden_states: torch.Tensor,
     position_embeddings: tuple[torch.Tensor, torch.Tensor],
-    past_key_values,
+    cache,
 ) -> torch.Tensor:
     """Run layer ``layer_idx`` on the candidates of this prefill; return the full-length residual."""
-    adapter, config = runtime.adapter, runtime.config
+    context = state.context
+    adapter, config = context.adapter, context.config
     plan = state.plans[layer_idx]
     batch, length, _ = hidden_states.shape
 
@@ -91,7 +103,7 @@ def skipping_prefill(
     select_attention = config.skip_attention and budget < n_candidates
     select_ffn = config.skip_ffn and budget < n_candidates
     scores = None
-    if runtime.selection == "random" and (select_attention or select_ffn or plan.scores_needed_next):
+    if context.selection == "random" and (select_attention or select_ffn or plan.scores_needed_next):
         scores = state.scores = torch.rand(batch, n_candidates, device=x.device)
     elif select_attention or select_ffn or plan.scores_needed_next:
         state.stats.probe_timer.start()
@@ -115,15 +127,14 @@ def skipping_prefill(
         active, normed_active, cos_a, sin_a = None, normed, cos, sin
     queries = adapter.queries(layer, normed_active, cos_a, sin_a)
     values = adapter.values(layer, normed_active)
-    if past_key_values is not None:
-        keys, values = past_key_values.update(keys, values, layer_idx)
-    implementation = runtime.model.config._attn_implementation
-    attn_out, _ = runtime.attention_function(
+    if cache is not None:
+        keys, values = cache.update(keys, values, layer_idx)
+    attn_out, _ = context.attention_function(
         attention,
         queries,
         keys,
         values,
-        _causal_mask(implementation, queries.shape[2], queries),
+        _causal_mask(context.attn_implementation, queries.shape[2], queries),
         dropout=0.0,
         scaling=attention.scaling,
     )
@@ -131,7 +142,7 @@ def skipping_prefill(
     x = x + update if active is None else scatter_rows(x, active, gather_rows(x, active) + update)
 
     # FFN on the tokens the FFN policy ranks highest: ||f(x)|| * S_MHA with LTP proxies, S_MHA without.
-    scorer = runtime.ffn_scorer
+    scorer = context.ffn_scorer
     ffn_active: torch.Tensor | None = None
     ffn_inputs: torch.Tensor | None = None
     if select_ffn:
