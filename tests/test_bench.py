@@ -15,7 +15,7 @@ CONFIG = SPTSConfig(start_layer=2, stage_boundaries=(4,), budgets=(0.5, 0.25), d
 
 def test_bench_writes_every_figure_for_every_method_and_length(tmp_path):
     model = tiny_model("llama")
-    rows = run_bench(model, CONFIG, [64, 128], tmp_path, repeats=2, warmup=1, progress=False)
+    rows = run_bench(model, CONFIG, [64, 128], tmp_path, repeats=3, warmup=1, progress=False)
     assert [(r.length, r.method) for r in rows] == [
         (n, m) for n in (64, 128) for m in ("full", "pap", "pap+ffn", "spts", "ceiling")
     ]
@@ -45,7 +45,7 @@ def test_bench_writes_every_figure_for_every_method_and_length(tmp_path):
 
     # Resuming: finished rows are read back, not measured again.
     lines = (tmp_path / "rows.jsonl").read_text().splitlines()
-    again = run_bench(model, CONFIG, [64, 128], tmp_path, repeats=2, warmup=1, progress=False)
+    again = run_bench(model, CONFIG, [64, 128], tmp_path, repeats=3, warmup=1, progress=False)
     assert again == rows
     assert (tmp_path / "rows.jsonl").read_text().splitlines() == lines
 

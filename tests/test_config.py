@@ -128,3 +128,15 @@ def test_plan_candidates_never_grow_and_budgets_fit(length, budgets, delta):
     counts = [plans[i].candidates for i in range(1, 8)]
     assert counts == sorted(counts, reverse=True) and counts[0] == length
     assert all(1 <= plans[i].budget <= plans[i].candidates for i in range(1, 8))
+
+
+def test_end_layer_is_checked_against_the_schedule_and_the_model():
+    with pytest.raises(ValueError, match="end_layer must be >= 3"):
+        SPTSConfig(start_layer=2, stage_boundaries=(), budgets=(8,), end_layer=2)
+    with pytest.raises(ValueError, match="before end_layer=4"):
+        SPTSConfig(start_layer=1, stage_boundaries=(4,), budgets=(8, 4), end_layer=4)
+    config = SPTSConfig(start_layer=1, stage_boundaries=(3,), budgets=(8, 4), end_layer=5)
+    assert config.skipping_layers(6) == range(1, 5)
+    assert config.stage_of_layer(5) is None and config.stage_of_layer(4) == 1
+    with pytest.raises(ValueError, match="end_layer=5 must be at most the model's 4 layers"):
+        config.validate_for(4)

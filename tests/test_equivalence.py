@@ -44,8 +44,9 @@ def test_unlimited_budget_matches_unmodified_model(family, attn):
         UNLIMITED.with_(skip_attention=False),
         UNLIMITED.with_(skip_ffn=False, prune=False),
         UNLIMITED.with_(budgets=(1.0, 1.0, 1.0), delta=0.5),
+        UNLIMITED.with_(stage_boundaries=(3,), budgets=(4096, 4096), end_layer=5),
     ],
-    ids=["probe4", "no-pap", "no-ffn-no-msdp", "fractions"],
+    ids=["probe4", "no-pap", "no-ffn-no-msdp", "fractions", "end-layer"],
 )
 def test_unlimited_budget_matches_for_every_switch(config):
     model = tiny_model("llama")

@@ -125,3 +125,78 @@ def test_calibration_needs_the_unmodified_model():
     model = tiny_model("llama")
     with spts.enabled(model, SMALL), pytest.raises(ValueError, match=r"call spts.disable\(model\) first"):
         calibrate(model, torch.randint(0, 90, (256,)), tokens=256, seq_len=128, progress=False)
+
+
+def test_over_long_prompt_warns_once_per_model_and_stays_exact():
+    model = tiny_model("llama", max_position_embeddings=40)
+    ids = torch.randint(0, 90, (1, 48), generator=torch.Generator().manual_seed(4))
+    reference = model(ids).logits
+    unlimited = SPTSConfig(start_layer=1, stage_boundaries=(3,), budgets=(4096, 4096))
+    with spts.enabled(model, unlimited):
+        with pytest.warns(UserWarning, match=r"48 tokens, more than the model's context window.*=40") as caught:
+            logits = model(ids).logits
+            model(ids)  # the second over-long prefill does not warn again
+        assert len([w for w in caught if "context window" in str(w.message)]) == 1
+        torch.testing.assert_close(logits, reference, rtol=0, atol=1e-5)
+
+
+def test_demo_refuses_a_prompt_longer_than_the_context_window():
+    from spts.demo import run_demo
+
+    model = tiny_model("llama", max_position_embeddings=64)
+    with pytest.raises(ValueError, match=r"exceeds tiny's context window of 64 tokens; choose at most 64"):
+        run_demo(model, tokenizer=None, model_name="tiny", prompt_tokens=100)
+
+
+def _refusals(tmp_path):
+    """(what, call on a fresh tiny llama, expected error, words of the fix the message must contain)."""
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{}")
+    return [
+        ("out-of-range layers", lambda m: spts.enable(m, "llama-3.1-8b"), ValueError, "allowed: 1..5"),
+        (
+            "invalid budgets",
+            lambda m: spts.enable(m, SPTSConfig(start_layer=1, stage_boundaries=(3,), budgets=(8, 1.5))),
+            ValueError,
+            "(0, 1]",
+        ),
+        ("unknown preset", lambda m: spts.enable(m, "fast"), ValueError, "known presets"),
+        ("missing proxy file", lambda m: spts.enable(m, SMALL, proxies=tmp_path / "nope.safetensors"), ValueError,
+         "spts calibrate"),
+        ("corrupt proxy file", lambda m: spts.enable(m, SMALL, proxies=truncated), ValueError, "spts calibrate"),
+        ("empty prompt", lambda m: spts.enable(m, SMALL)(torch.zeros(1, 0, dtype=torch.long)), UnsupportedInputError,
+         "at least one token"),
+        (
+            "padded batch",
+            lambda m: spts.enable(m, SMALL)(torch.ones(2, 8, dtype=torch.long), attention_mask=torch.tensor([[1] * 8,
+                                                                                                   [0] + [1] * 7])),
+            UnsupportedInputError,
+            "one at a time",
+        ),
+        (
+            "static cache",
+            lambda m: spts.enable(m, SMALL).generate(
+                torch.ones(1, 8, dtype=torch.long), max_new_tokens=2, cache_implementation="static", pad_token_id=0
+            ),
+            UnsupportedInputError,
+            "cache_implementation='static'",
+        ),
+        ("output_attentions", lambda m: spts.enable(m, SMALL)(torch.ones(1, 8, dtype=torch.long),
+                                                              output_attentions=True), UnsupportedInputError,
+         "spts.disable"),
+    ]  # fmt: skip
+
+
+def test_every_refusal_names_the_fix_and_leaves_the_model_usable(tmp_path):
+    ids = torch.randint(0, 90, (1, 20), generator=torch.Generator().manual_seed(5))
+    for what, call, error, fix in _refusals(tmp_path):
+        model = tiny_model("llama", attn="eager")
+        reference = model(ids).logits
+        with pytest.raises(error) as raised:
+            call(model)
+        assert fix in str(raised.value), f"{what}: the message does not name the fix: {raised.value}"
+        spts.disable(model)
+        assert all("forward" not in layer.__dict__ for layer in model.model.layers), what
+        assert torch.equal(model(ids).logits, reference), f"{what}: the model changed after the refusal"
+        with spts.enabled(model, SMALL):
+            model(ids)  # and SPTS can be enabled again

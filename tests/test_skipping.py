@@ -190,3 +190,15 @@ def test_prefix_cache_then_more_tokens_appends_densely():
         assert spts.cache_tokens_per_layer(cache) == [PROMPT, 24 + 8, 24 + 8, 12 + 8, 12 + 8, 6 + 8]
     # Eager gets an explicit mask, sliced per layer to that layer's cache; SDPA gets its own mask.
     torch.testing.assert_close(logits["eager"], logits["sdpa"], rtol=1e-4, atol=1e-5)
+
+
+def test_layers_from_end_layer_run_in_full_over_every_token():
+    config = SPTSConfig(start_layer=1, stage_boundaries=(3,), budgets=(24, 12), delta=3, end_layer=5)
+    model = tiny_model("llama")
+    with spts.enabled(model, config):
+        # Only the skipping layers are patched; layer 5 runs transformers' own forward.
+        assert ["forward" in layer.__dict__ for layer in model.model.layers] == [False] + [True] * 4 + [False]
+        out = model(_prompt(model), use_cache=True)
+        stats = spts.last_stats(model)
+    assert [layer.stage for layer in stats.layers] == [None, 0, 0, 1, 1, None]
+    assert spts.cache_tokens_per_layer(out.past_key_values) == [PROMPT, 24, 24, 12, 12, PROMPT]

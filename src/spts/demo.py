@@ -58,6 +58,16 @@ class DemoResult:
         }
 
 
+def check_prompt_fits(model, model_name: str, prompt_tokens: int) -> None:
+    """Refuse a demo prompt longer than the model's context window, where even the full model's answer means little."""
+    window = getattr(model.config, "max_position_embeddings", None)
+    if isinstance(window, int) and prompt_tokens > window:
+        raise ValueError(
+            f"a {prompt_tokens}-token prompt exceeds {model_name}'s context window of {window} tokens; "
+            f"choose at most {window} (--tokens)"
+        )
+
+
 def run_demo(
     model,
     tokenizer,
@@ -75,6 +85,7 @@ def run_demo(
     for both sides; the two are interleaved after a short warm-up, and the median is kept. The answer
     is decoded greedily from the last timed prefill's cache, so SPTS answers from its compressed cache.
     """
+    check_prompt_fits(model, model_name, prompt_tokens)
     config = config or SPTSConfig.for_model(model)
     device = next(model.parameters()).device
     prompt: NeedlePrompt = build_needle_prompt(tokenizer, prompt_tokens, depth=0.5, seed=seed)

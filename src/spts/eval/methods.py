@@ -32,8 +32,15 @@ class Method:
         config = self.config.to_dict() if self.config else None
         if config:
             del config["name"]  # a label, not behaviour
+            # Fields added after results were recorded count only when set, so earlier runs still resume.
+            for added in _ADDED_FIELDS:
+                if config[added] is None:
+                    del config[added]
         payload = {"config": config, "selection": self.selection}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+_ADDED_FIELDS = ("end_layer",)
 
 
 def scale_budgets(config: SPTSConfig, factor: float) -> SPTSConfig:

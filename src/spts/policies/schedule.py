@@ -34,7 +34,7 @@ def plan_layers(config: SPTSConfig, num_layers: int, prompt_length: int) -> dict
     starts = set(config.stage_boundaries)
     candidates = prompt_length
     plans: dict[int, LayerPlan] = {}
-    for layer_idx in range(config.start_layer, num_layers):
+    for layer_idx in config.skipping_layers(num_layers):
         stage = config.stage_of_layer(layer_idx)
         assert stage is not None
         prune_to = None

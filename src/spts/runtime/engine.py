@@ -10,20 +10,26 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
-from transformers.cache_utils import DynamicCache, DynamicLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from spts.adapters import DecoderAdapter, adapter_for
-from spts.calibration.proxy_file import LTPProxies, ProxyFileError, load_proxies
+from spts.calibration.proxy_file import LTPProxies, ProxyFileError, load_proxies, rebuild_command
 from spts.config import SPTSConfig
-from spts.errors import UnsupportedInputError, UnsupportedModelError
+from spts.errors import UnsupportedInputError
 from spts.policies import AttentionScoreFFN, FFNScorer, plan_layers
 from spts.policies.ltp import LTPScorer
+from spts.runtime.checks import (
+    check_attention_backend,
+    check_cache_matches_plan,
+    check_model,
+    check_prefill_inputs,
+)
 from spts.runtime.prefill import PrefillContext, PrefillState, skipping_prefill
 from spts.runtime.stats import LayerStats, PrefillStats
 from spts.runtime.timing import IntervalTimer
@@ -31,7 +37,6 @@ from spts.runtime.transformers_api import cache_argument, incompatible, output_c
 
 _RUNTIME_ATTR = "_spts_runtime"
 ProxySpec = LTPProxies | FFNScorer | str | os.PathLike | None
-SUPPORTED_ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3")
 
 
 class SPTSRuntime:
@@ -54,6 +59,7 @@ class SPTSRuntime:
         self.state: PrefillState | None = None
         self.last_stats: PrefillStats | None = None
         self._saved_forwards: dict[int, Any] = {}
+        self._warned_beyond_window = False
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
 
     # ---------------------------------------------------------------- patching
@@ -61,7 +67,7 @@ class SPTSRuntime:
         decoder = self.adapter.decoder()
         self._hooks.append(decoder.register_forward_pre_hook(self._before_forward, with_kwargs=True))
         self._hooks.append(decoder.register_forward_hook(self._after_forward, always_call=True))
-        for idx in range(self.config.start_layer, self.num_layers):
+        for idx in self.config.skipping_layers(self.num_layers):
             layer = self.adapter.layers()[idx]
             # Keep whatever instance forward was there (e.g. accelerate's device hook) to restore it.
             self._saved_forwards[idx] = layer.__dict__.get("forward")
@@ -101,13 +107,14 @@ class SPTSRuntime:
         batch, length = tokens.shape[0], tokens.shape[1]
         if length == 0:
             raise UnsupportedInputError("empty prompt: SPTS needs at least one token to prefill")
-        _check_attention_backend(self.model)
+        check_attention_backend(self.model)
         if kwargs.get("output_attentions") or getattr(self.model.config, "output_attentions", False):
             raise UnsupportedInputError(
                 "output_attentions is not supported with SPTS: skipping layers attend among a subset of tokens and "
                 "return no full attention map; disable SPTS (spts.disable) to inspect attention"
             )
-        _check_prefill_inputs(kwargs.get("attention_mask"), cache)
+        check_prefill_inputs(kwargs.get("attention_mask"), cache)
+        self._warn_if_beyond_context_window(length)
         stats = PrefillStats(
             prompt_length=length,
             batch_size=batch,
@@ -132,11 +139,33 @@ class SPTSRuntime:
             stats=stats,
         )
 
+    def _warn_if_beyond_context_window(self, length: int) -> None:
+        # Warn rather than refuse: RoPE scaling or a user's own reasons may make longer prompts work, but
+        # with skipping, a model out of its depth fails even more quietly than the full model.
+        window = getattr(self.model.config, "max_position_embeddings", None)
+        if self._warned_beyond_window or not isinstance(window, int) or length <= window:
+            return
+        self._warned_beyond_window = True
+        rope_scaling = getattr(self.model.config, "rope_scaling", None)
+        warnings.warn(
+            f"the prompt has {length} tokens, more than the model's context window (max_position_embeddings="
+            f"{window}; rope_scaling={rope_scaling}). Positions beyond the window are outside what the model was "
+            "trained on, and SPTS selects tokens with the same attention: check answers at this length against the "
+            "full model, or shorten the prompt. (Warned once per enabled model.)",
+            UserWarning,
+            stacklevel=4,
+        )
+
     def _after_forward(self, module: nn.Module, args: tuple, output: Any) -> None:
         state, self.state = self.state, None
         if state is None:
             return
         state.stats.total_timer.stop()
+        length = state.stats.prompt_length
+        state.stats.layers.extend(
+            LayerStats(i, None, length, length, length, length)
+            for i in range(self.config.skipping_layers(self.num_layers).stop, self.num_layers)
+        )
         self.last_stats = state.stats
         if output is not None:  # None: the forward raised, and that error is the one to see
             check_cache_matches_plan(state.stats, output_cache(output), self.num_layers)
@@ -174,85 +203,6 @@ class SPTSRuntime:
         return original_forward(hidden_states, **kwargs)
 
 
-def check_cache_matches_plan(stats: PrefillStats, cache: Any, num_layers: int) -> None:
-    """Raise unless every layer ran as planned and cached exactly the tokens it kept.
-
-    Lengths only, so it is cheap enough to run after every prefill: a transformers release that
-    stops handing a layer its cache (or its rotary tables) would otherwise make SPTS return
-    logits and a cache that look fine and are wrong."""
-    ran = [layer.layer_idx for layer in stats.layers]
-    if ran != list(range(num_layers)):
-        missing = sorted(set(range(num_layers)) - set(ran))
-        raise incompatible(f"the SPTS prefill did not run its skipping pass in layers {missing}")
-    if cache is None:
-        return
-    held = [cache.get_seq_length(i) for i in range(num_layers)]
-    planned = stats.kv_tokens
-    if held != planned:
-        wrong = [i for i in range(num_layers) if held[i] != planned[i]]
-        raise incompatible(
-            f"after the SPTS prefill, the cache of layers {wrong} holds {[held[i] for i in wrong]} tokens where the "
-            f"plan kept {[planned[i] for i in wrong]}: a layer did not write its keys and values to the cache"
-        )
-
-
-def _check_prefill_inputs(attention_mask: Any, cache: Any) -> None:
-    if isinstance(attention_mask, torch.Tensor):
-        if attention_mask.dim() != 2:
-            raise UnsupportedInputError(
-                f"SPTS prefill takes a 2D attention_mask (batch, tokens); got shape {tuple(attention_mask.shape)}"
-            )
-        if not bool(attention_mask.all()):
-            raise UnsupportedInputError(
-                "padded batches are not supported by SPTS: each row would need its own positions and budgets. "
-                "Prefill prompts one at a time, or batch prompts of equal length without padding."
-            )
-    if cache is not None and (
-        not isinstance(cache, DynamicCache) or not all(type(layer) is DynamicLayer for layer in cache.layers)
-    ):
-        layer_types = sorted({type(layer).__name__ for layer in getattr(cache, "layers", [])})
-        raise UnsupportedInputError(
-            f"SPTS stores a different number of tokens per layer and needs a DynamicCache of DynamicLayer layers; "
-            f"got {type(cache).__name__} with {', '.join(layer_types) or 'no'} layers. Do not pass "
-            "cache_implementation='static' (or offloaded/quantized caches) to generate while SPTS is enabled."
-        )
-
-
-def _check_attention_backend(model: nn.Module) -> None:
-    implementation = model.config._attn_implementation
-    if implementation not in SUPPORTED_ATTENTION:
-        raise UnsupportedModelError(
-            f"attention implementation {implementation!r} is not supported by SPTS; load the model with "
-            f"attn_implementation set to one of {', '.join(SUPPORTED_ATTENTION)}"
-        )
-
-
-def _check_model(adapter: DecoderAdapter, config: SPTSConfig, model: nn.Module) -> None:
-    num_layers = len(adapter.layers())
-    config.validate_for(num_layers)
-    _check_attention_backend(model)
-    devices = {str(d) for d in (getattr(model, "hf_device_map", None) or {}).values()}
-    if len(devices) > 1 or (getattr(model, "tp_size", None) or 1) > 1:
-        raise UnsupportedModelError(
-            "SPTS runs on a model held by one device; this one is split across devices "
-            f"({', '.join(sorted(devices)) or 'tensor parallel'}). Load it with device_map on a single device."
-        )
-    generation_config = getattr(model, "generation_config", None)
-    if getattr(generation_config, "prefill_chunk_size", None):
-        raise UnsupportedModelError(
-            "chunked prefill (generation_config.prefill_chunk_size) is not supported: the probe needs the whole "
-            "prompt's last token; set prefill_chunk_size=None"
-        )
-    windowed = [i for i in range(config.start_layer, num_layers) if adapter.sliding_window(i)]
-    if windowed:
-        raise UnsupportedModelError(
-            f"layers {windowed[0]}..{windowed[-1]} use sliding-window attention "
-            f"(sliding_window={adapter.sliding_window(windowed[0])}), which SPTS does not support in skipping "
-            "layers; use a checkpoint or config without a sliding window (e.g. Mistral v0.2+, Qwen with "
-            "use_sliding_window=False)"
-        )
-
-
 def ffn_scorer(model: nn.Module, config: SPTSConfig, proxies: ProxySpec) -> FFNScorer:
     """The FFN scorer :func:`enable` would build for ``proxies``: attention alone, a given scorer, or LTP from
     proxies/a proxy file (loaded, checked against the model and moved to its device). Build it once and
@@ -264,17 +214,19 @@ def ffn_scorer(model: nn.Module, config: SPTSConfig, proxies: ProxySpec) -> FFNS
         proxies = load_proxies(proxies)
     if isinstance(proxies, LTPProxies):
         proxies.check_model(model)
-        missing = [i for i in range(config.start_layer, len(adapter.layers())) if i not in proxies.layers]
+        skipping = config.skipping_layers(len(adapter.layers()))
+        missing = [i for i in skipping if i not in proxies.layers]
         if missing:
-            raise ProxyFileError(f"the LTP proxies lack layers {missing}, which this config skips; calibrate again")
+            source = f" in {proxies.path}" if proxies.path else ""
+            raise ProxyFileError(
+                f"the LTP proxies{source} lack layers {missing}, which this config skips; rebuild them for every "
+                f"layer: {rebuild_command(proxies.path, model)}"
+            )
         parameter = next(model.parameters())
         layers = adapter.layers()
         return LTPScorer(
-            proxies={
-                i: proxies.layers[i].to(parameter.device, parameter.dtype)
-                for i in range(config.start_layer, len(layers))
-            },
-            activations={i: adapter.mlp(layers[i]).act_fn for i in range(config.start_layer, len(layers))},
+            proxies={i: proxies.layers[i].to(parameter.device, parameter.dtype) for i in skipping},
+            activations={i: adapter.mlp(layers[i]).act_fn for i in skipping},
             variant=proxies.meta.variant,
         )
     if isinstance(proxies, FFNScorer):
@@ -315,7 +267,7 @@ def enable(
         raise TypeError(f"config must be an SPTSConfig or a preset name, got {type(config).__name__}")
     if selection not in ("probe", "random"):
         raise ValueError(f"selection must be 'probe' or 'random', got {selection!r}")
-    _check_model(adapter, config, model)
+    check_model(adapter, config, model)
     scorer = ffn_scorer(model, config, proxies) if selection == "probe" else AttentionScoreFFN()
     disable(model)
     runtime = SPTSRuntime(model, adapter, config, scorer, selection)

@@ -15,7 +15,7 @@ import string
 from collections.abc import Callable
 from functools import lru_cache
 
-from spts.data.haystack import haystack_sentences
+from spts.data.corpora import haystack_sentences
 from spts.eval.tasks.base import Built, TaskSpec, insert_at_depths
 
 _NIAH = (
