@@ -7,7 +7,9 @@ model) and again against a model in :func:`spts.enable` (what depends on the lay
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 Budget = int | float
@@ -146,6 +148,19 @@ class SPTSConfig:
             pool_kernel=ref.pool_kernel,
             name=f"{reference}-scaled",
         )
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, model: Any = None) -> SPTSConfig:
+        """Read a config file (``spts tune`` writes them); with ``model``, refuse a file made for another model."""
+        from spts.config_file import load_config
+
+        return load_config(path, model)
+
+    def to_file(self, path: str | os.PathLike, model: Any = None, metadata: dict[str, Any] | None = None) -> Path:
+        """Write this config as JSON; with ``model``, record its family and layer count for checking on load."""
+        from spts.config_file import save_config
+
+        return save_config(self, path, model, metadata)
 
     def with_(self, **changes: Any) -> SPTSConfig:
         """A copy with some fields changed (validated again)."""

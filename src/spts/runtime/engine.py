@@ -239,7 +239,7 @@ def ffn_scorer(model: nn.Module, config: SPTSConfig, proxies: ProxySpec) -> FFNS
 
 def enable(
     model: nn.Module,
-    config: SPTSConfig | str | None = None,
+    config: SPTSConfig | str | os.PathLike | None = None,
     proxies: ProxySpec = None,
     selection: str = "probe",
 ) -> nn.Module:
@@ -247,7 +247,8 @@ def enable(
 
     Args:
         model: a supported transformers causal LM (see ``spts.supported_model_types()``).
-        config: an :class:`SPTSConfig`, a preset name, or None to derive one for this model
+        config: an :class:`SPTSConfig`, a preset name, the path of a ``.json`` config file (``spts tune``
+            writes them; refused if made for another model), or None to derive one for this model
             (:meth:`SPTSConfig.for_model`).
         proxies: LTP proxies (:class:`spts.calibration.LTPProxies` or the path of a proxy file from
             ``spts calibrate``), checked against this model; or any :class:`FFNScorer`. None scores
@@ -258,13 +259,15 @@ def enable(
     Enabling an already enabled model replaces its config. Generation then decodes from the
     per-layer compressed cache; :func:`disable` restores the original behaviour exactly.
     """
-    if isinstance(config, str):
+    if isinstance(config, str | os.PathLike) and str(config).endswith(".json"):
+        config = SPTSConfig.from_file(config, model)
+    elif isinstance(config, str):
         config = SPTSConfig.preset(config)
     adapter = adapter_for(model)
     if config is None:
         config = SPTSConfig.for_model(model)
     if not isinstance(config, SPTSConfig):
-        raise TypeError(f"config must be an SPTSConfig or a preset name, got {type(config).__name__}")
+        raise TypeError(f"config must be an SPTSConfig, a preset name or a .json file, got {type(config).__name__}")
     if selection not in ("probe", "random"):
         raise ValueError(f"selection must be 'probe' or 'random', got {selection!r}")
     check_model(adapter, config, model)
@@ -305,7 +308,10 @@ def last_stats(model: nn.Module) -> PrefillStats:
 
 @contextlib.contextmanager
 def enabled(
-    model: nn.Module, config: SPTSConfig | str | None = None, proxies: ProxySpec = None, selection: str = "probe"
+    model: nn.Module,
+    config: SPTSConfig | str | os.PathLike | None = None,
+    proxies: ProxySpec = None,
+    selection: str = "probe",
 ) -> Iterator[nn.Module]:
     """``with spts.enabled(model, config): ...`` runs the block with SPTS, then puts back what was there before
     (the original model, or the SPTS setup it had)."""
