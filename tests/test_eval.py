@@ -205,9 +205,28 @@ def test_methods_resolve_ablations_and_budget_levels():
     assert resolve_methods("spts", BASE.with_(name="renamed"))[0].fingerprint == methods["spts"].fingerprint
 
 
+def test_selection_variants_resolve_on_top_of_a_budget_level():
+    [method] = resolve_methods("spts@2+kvc+max+sinks4+recent16+acc+window8", BASE)
+    assert method.name == "spts@2+kvc+max+sinks4+recent16+acc+window8"
+    assert method.config == BASE.with_(
+        budgets=(1.0, 0.5), kv_complete=True, head_aggregation="max", sink_tokens=4, recent_tokens=16,
+        accumulate_scores=True, probe_tokens=8,
+    )  # fmt: skip
+    # A variant at its default changes nothing: the fingerprint of earlier runs stays valid.
+    assert BASE.with_(kv_complete=False) == BASE
+    assert resolve_methods("spts", BASE)[0].fingerprint != resolve_methods("spts+kvc", BASE)[0].fingerprint
+
+
 @pytest.mark.parametrize(
     "spec, message",
-    [("fast", "unknown method"), ("spts@-1", "positive"), ("spts@x", "positive"), ("full,full", "repeat")],
+    [
+        ("fast", "unknown method"),
+        ("spts@-1", "positive"),
+        ("spts@x", "positive"),
+        ("full,full", "repeat"),
+        ("spts+fast", "unknown selection variant 'fast'"),
+        ("spts+sinksN", "unknown selection variant"),
+    ],
 )
 def test_method_errors(spec, message):
     with pytest.raises(ValueError, match=message):

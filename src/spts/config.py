@@ -41,6 +41,17 @@ class SPTSConfig:
         skip_attention: PAP on; off runs attention over every candidate.
         skip_ffn: FFN skipping on; off runs the FFN over every candidate.
         prune: MSDP on; off keeps every token a candidate in every skipping layer.
+        head_aggregation: how the probe's per-head attention becomes one score per token: ``"mean"`` over
+            query heads (the paper) or ``"max"`` (a token one head retrieves keeps its score).
+        sink_tokens: the first tokens of the prompt (attention sinks) are always active and never pruned.
+        recent_tokens: the last tokens of the prompt (usually the question) are always active and never
+            pruned. The last token always is, whatever this says.
+        accumulate_scores: select with the probe scores summed over the layers of the stage so far (the
+            evidence of several layers) rather than this layer's alone.
+        kv_complete: active queries attend over every candidate's keys and values (computed from the
+            candidates' current residual, as the probe already computes keys), and all of them are cached,
+            so decoding sees every candidate. Costs more attention and memory than the paper's compressed
+            cache, which holds only the active tokens.
         end_layer: layers ``[end_layer, num_layers)`` run in full again, over every token (None: skipping
             runs to the last layer, as in the paper). For studies of where skipping costs accuracy:
             skipping only ``[start_layer, end_layer)`` measures what that layer range loses.
@@ -55,6 +66,11 @@ class SPTSConfig:
     skip_attention: bool = True
     skip_ffn: bool = True
     prune: bool = True
+    head_aggregation: str = "mean"
+    sink_tokens: int = 0
+    recent_tokens: int = 0
+    accumulate_scores: bool = False
+    kv_complete: bool = False
     end_layer: int | None = None
     name: str = field(default="custom", compare=False)
 
@@ -91,7 +107,11 @@ class SPTSConfig:
                 raise ValueError(
                     f"stage_boundaries must lie before end_layer={self.end_layer}; got {self.stage_boundaries}"
                 )
-        for flag in ("skip_attention", "skip_ffn", "prune"):
+        if self.head_aggregation not in ("mean", "max"):
+            raise ValueError(f"head_aggregation must be 'mean' or 'max', got {self.head_aggregation!r}")
+        _check_int("sink_tokens", self.sink_tokens, minimum=0)
+        _check_int("recent_tokens", self.recent_tokens, minimum=0)
+        for flag in ("skip_attention", "skip_ffn", "prune", "accumulate_scores", "kv_complete"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"{flag} must be a bool, got {getattr(self, flag)!r}")
 

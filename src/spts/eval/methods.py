@@ -7,7 +7,10 @@ named on the command line by short specs, resolved against a base SPTS config:
 * ``spts``: the base config; ``spts@0.5``: its budgets scaled by 0.5 (any factor > 0);
 * ``pap``: attention probing only (FFN runs on every candidate, no pruning);
 * ``pap+ffn``: PAP and FFN skipping, no pruning (``spts`` adds MSDP);
-* ``ceiling``: the base schedule with random selection (the speed bound; not meant to answer well).
+* ``ceiling``: the base schedule with random selection (the speed bound; not meant to answer well);
+* selection variants appended to ``spts`` or ``spts@<scale>`` with ``+``: ``+kvc`` (KV-complete skipping),
+  ``+max`` (max over heads), ``+sinks<S>`` / ``+recent<R>`` (protected first S / last R tokens), ``+acc``
+  (scores accumulated over a stage), ``+window<W>`` (the last W tokens probe), e.g. ``spts@2+kvc+recent64``.
 """
 
 from __future__ import annotations
@@ -33,14 +36,21 @@ class Method:
         if config:
             del config["name"]  # a label, not behaviour
             # Fields added after results were recorded count only when set, so earlier runs still resume.
-            for added in _ADDED_FIELDS:
-                if config[added] is None:
+            for added, default in _ADDED_FIELDS.items():
+                if config[added] == default:
                     del config[added]
         payload = {"config": config, "selection": self.selection}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
-_ADDED_FIELDS = ("end_layer",)
+_ADDED_FIELDS = {
+    "end_layer": None,
+    "head_aggregation": "mean",
+    "sink_tokens": 0,
+    "recent_tokens": 0,
+    "accumulate_scores": False,
+    "kv_complete": False,
+}
 
 
 def scale_budgets(config: SPTSConfig, factor: float) -> SPTSConfig:
@@ -51,9 +61,34 @@ def scale_budgets(config: SPTSConfig, factor: float) -> SPTSConfig:
     return config.with_(budgets=budgets, name=f"{config.name}@{factor:g}")
 
 
+_VARIANT_FLAGS = {"kvc": {"kv_complete": True}, "max": {"head_aggregation": "max"}, "acc": {"accumulate_scores": True}}
+_VARIANT_COUNTS = {"sinks": "sink_tokens", "recent": "recent_tokens", "window": "probe_tokens"}
+
+
+def _variant_changes(spec: str, variant: str) -> dict:
+    if variant in _VARIANT_FLAGS:
+        return _VARIANT_FLAGS[variant]
+    for prefix, field in _VARIANT_COUNTS.items():
+        count = variant.removeprefix(prefix)
+        if variant.startswith(prefix) and count.isdigit():
+            return {field: int(count)}
+    raise ValueError(
+        f"method {spec!r}: unknown selection variant {variant!r}; use kvc, max, acc, sinks<N>, recent<N> or window<N>"
+    )
+
+
 def resolve_method(spec: str, base: SPTSConfig) -> Method:
     """The method a spec names (see the module docstring)."""
     spec = spec.strip()
+    if "+" in spec and spec.split("+")[0].partition("@")[0] == "spts":
+        head, *variants = spec.split("+")
+        method = resolve_method(head, base)
+        changes: dict = {}
+        for variant in variants:
+            changes.update(_variant_changes(spec, variant))
+        assert method.config is not None
+        config = method.config.with_(**changes, name=f"{method.config.name}+{'+'.join(variants)}")
+        return Method("+".join([method.name, *variants]), config)
     if spec == "full":
         return Method("full")
     if spec == "spts":
@@ -72,7 +107,9 @@ def resolve_method(spec: str, base: SPTSConfig) -> Method:
         if not factor > 0:
             raise ValueError(f"method {spec!r}: the budget scale after '@' must be a positive number, e.g. spts@0.5")
         return Method(f"spts@{factor:g}", scale_budgets(base, factor))
-    raise ValueError(f"unknown method {spec!r}; use full, spts, spts@<scale>, pap, pap+ffn or ceiling")
+    raise ValueError(
+        f"unknown method {spec!r}; use full, spts, spts@<scale>, pap, pap+ffn, ceiling, or spts[@<scale>]+<variant>"
+    )
 
 
 def resolve_methods(specs: str | list[str], base: SPTSConfig) -> list[Method]:

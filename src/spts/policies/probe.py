@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import torch
 
+HEAD_AGGREGATIONS = ("mean", "max")
+
 
 def attention_probe_scores(
     probe_queries: torch.Tensor,
     keys: torch.Tensor,
     scaling: float,
     probe_offsets: torch.Tensor | None = None,
+    head_aggregation: str = "mean",
 ) -> torch.Tensor:
-    """Mean attention probability that the probe queries give each key.
+    """Attention probability that the probe queries give each key, aggregated over heads.
 
     Args:
         probe_queries: (B, heads, P, d) rotated queries of the probe tokens (the last P candidates).
@@ -19,11 +22,15 @@ def attention_probe_scores(
         scaling: the attention's softmax scale (``1/sqrt(d)`` for these families).
         probe_offsets: (P,) candidate index of each probe token; when given, a probe token only sees
             candidates up to itself (causality). None for a single probe token, which sees all.
+        head_aggregation: ``"mean"`` over query heads (the paper) or ``"max"``: a token one head
+            retrieves strongly keeps its score even when the other heads ignore it.
 
     Returns:
-        (B, C) float32 scores: softmax over candidates per head and probe token, averaged over all
-        query heads and probe tokens. Under GQA each query head scores against its own KV group.
+        (B, C) float32 scores: softmax over candidates per head and probe token, averaged over probe
+        tokens and aggregated over query heads. Under GQA each query head scores against its own KV group.
     """
+    if head_aggregation not in HEAD_AGGREGATIONS:
+        raise ValueError(f"head_aggregation must be one of {HEAD_AGGREGATIONS}, got {head_aggregation!r}")
     batch, heads, n_probe, dim = probe_queries.shape
     kv_heads, n_keys = keys.shape[1], keys.shape[2]
     group = heads // kv_heads
@@ -35,7 +42,10 @@ def attention_probe_scores(
     if probe_offsets is not None:
         visible = torch.arange(n_keys, device=keys.device)[None, :] <= probe_offsets[:, None]  # (P, C)
         logits = logits.masked_fill(~visible.repeat(group, 1), float("-inf"))
-    return logits.softmax(dim=-1).mean(dim=(1, 2))
+    probabilities = logits.softmax(dim=-1)
+    if head_aggregation == "mean":
+        return probabilities.mean(dim=(1, 2))
+    return probabilities.view(batch, heads, n_probe, n_keys).mean(dim=2).amax(dim=1)
 
 
 def pool_scores(scores: torch.Tensor, kernel: int) -> torch.Tensor:

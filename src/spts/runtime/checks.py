@@ -88,6 +88,11 @@ def check_model(adapter: DecoderAdapter, config: SPTSConfig, model: nn.Module) -
             "chunked prefill (generation_config.prefill_chunk_size) is not supported: the probe needs the whole "
             "prompt's last token; set prefill_chunk_size=None"
         )
+    if config.kv_complete and model.config._attn_implementation.startswith("flash"):
+        raise UnsupportedModelError(
+            "kv_complete needs an attention mask (active queries over all candidates), which FlashAttention does "
+            "not take; load the model with attn_implementation='sdpa' or 'eager', or set kv_complete=False"
+        )
     windowed = [i for i in config.skipping_layers(num_layers) if adapter.sliding_window(i)]
     if windowed:
         raise UnsupportedModelError(

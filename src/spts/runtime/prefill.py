@@ -16,7 +16,7 @@ from torch import nn
 
 from spts.adapters import DecoderAdapter
 from spts.config import SPTSConfig
-from spts.policies import FFNScorer, attention_probe_scores, pool_scores, top_tokens
+from spts.policies import FFNScorer, attention_probe_scores, pool_scores, protected_tokens, top_tokens
 from spts.runtime.stats import LayerStats, PrefillStats
 
 
@@ -41,6 +41,8 @@ class PrefillState:
     candidates: torch.Tensor | None  # (B, C) original positions, ascending; None while all tokens are
     scores: torch.Tensor | None  # (B, C) latest attention-probe scores over the candidates
     stats: PrefillStats
+    # (B, C) probe scores summed over this stage's layers so far (config.accumulate_scores), else None
+    stage_scores: torch.Tensor | None = None
 
 
 def gather_rows(x: torch.Tensor, index: torch.Tensor, dim: int = 1) -> torch.Tensor:
@@ -66,6 +68,15 @@ def _causal_mask(implementation: str, n: int, like: torch.Tensor) -> torch.Tenso
     return mask.masked_fill(blocked, torch.finfo(like.dtype).min)[None, None]
 
 
+def _rows_attending_candidates(active: torch.Tensor, n_candidates: int, like: torch.Tensor) -> torch.Tensor:
+    """Additive mask (B, 1, n_active, n_candidates) letting each active query see the candidates up to itself.
+
+    Candidates are in original order, so "up to itself" is a comparison of candidate indices."""
+    visible = torch.arange(n_candidates, device=active.device)[None, None, :] <= active[:, :, None]
+    mask = torch.zeros(visible.shape, dtype=like.dtype, device=like.device)
+    return mask.masked_fill(~visible, torch.finfo(like.dtype).min)[:, None]
+
+
 def skipping_prefill(
     state: PrefillState,
     layer_idx: int,
@@ -80,12 +91,20 @@ def skipping_prefill(
     plan = state.plans[layer_idx]
     batch, length, _ = hidden_states.shape
 
+    def positions_of_candidates() -> torch.Tensor:
+        if state.candidates is not None:
+            return state.candidates
+        return torch.arange(length, device=hidden_states.device).expand(batch, -1)
+
     if plan.prune_to is not None:
         # MSDP: the latest probe decides which candidates survive this stage boundary for good.
-        keep = top_tokens(state.scores, plan.prune_to)
+        protected = protected_tokens(positions_of_candidates(), length, config.sink_tokens, config.recent_tokens)
+        keep = top_tokens(state.scores, plan.prune_to, protected)
         state.candidates = keep if state.candidates is None else torch.gather(state.candidates, 1, keep)
-        state.scores = None
+        state.scores = state.stage_scores = None
     candidates = state.candidates
+    positions = positions_of_candidates()
+    protected = protected_tokens(positions, length, config.sink_tokens, config.recent_tokens)
 
     cos, sin = (t.expand(batch, -1, -1) for t in position_embeddings)
     if candidates is None:
@@ -112,31 +131,35 @@ def skipping_prefill(
         offsets = None
         if n_probe > 1:
             offsets = torch.arange(n_candidates - n_probe, n_candidates, device=x.device)
-        scores = attention_probe_scores(probe_queries, keys, attention.scaling, offsets)
+        scores = attention_probe_scores(probe_queries, keys, attention.scaling, offsets, config.head_aggregation)
         if config.pool_kernel > 1:
             scores = pool_scores(scores, config.pool_kernel)
+        if config.accumulate_scores:
+            scores = state.stage_scores = scores if state.stage_scores is None else state.stage_scores + scores
         state.stats.probe_timer.stop()
         state.scores = scores
 
-    # Attention among the active tokens, at their original positions, keys reused from the probe.
+    # Attention of the active tokens, at their original positions, keys reused from the probe: over the
+    # active tokens only (the paper), or over every candidate (kv_complete).
     if select_attention:
-        active = top_tokens(scores, budget)
+        active = top_tokens(scores, budget, protected)
         normed_active, cos_a, sin_a = (gather_rows(t, active) for t in (normed, cos, sin))
-        keys = gather_rows(keys, active, dim=2)
+        if config.kv_complete:
+            values = adapter.values(layer, normed)
+            mask = _rows_attending_candidates(active, n_candidates, x)
+        else:
+            keys = gather_rows(keys, active, dim=2)
+            values = adapter.values(layer, normed_active)
+            mask = _causal_mask(context.attn_implementation, budget, x)
     else:
         active, normed_active, cos_a, sin_a = None, normed, cos, sin
+        values = adapter.values(layer, normed)
+        mask = _causal_mask(context.attn_implementation, n_candidates, x)
     queries = adapter.queries(layer, normed_active, cos_a, sin_a)
-    values = adapter.values(layer, normed_active)
     if cache is not None:
         keys, values = cache.update(keys, values, layer_idx)
     attn_out, _ = context.attention_function(
-        attention,
-        queries,
-        keys,
-        values,
-        _causal_mask(context.attn_implementation, queries.shape[2], queries),
-        dropout=0.0,
-        scaling=attention.scaling,
+        attention, queries, keys, values, mask, dropout=0.0, scaling=attention.scaling
     )
     update = adapter.attention_output(layer, attn_out)
     x = x + update if active is None else scatter_rows(x, active, gather_rows(x, active) + update)
@@ -150,7 +173,7 @@ def skipping_prefill(
             ffn_active = active
         else:
             ffn_inputs = adapter.post_attention_norm(layer, x) if scorer.needs_inputs else None
-            ffn_active = top_tokens(scorer.score(layer_idx, ffn_inputs, scores), budget)
+            ffn_active = top_tokens(scorer.score(layer_idx, ffn_inputs, scores), budget, protected)
     if ffn_active is None:
         x = x + adapter.ffn(layer, adapter.post_attention_norm(layer, x))
     else:
@@ -162,10 +185,12 @@ def skipping_prefill(
 
     n_attention = n_candidates if active is None else budget
     n_ffn = n_candidates if ffn_active is None else budget
-    positions = candidates if candidates is not None else torch.arange(length, device=x.device).expand(batch, -1)
+    cached_all = active is None or config.kv_complete
     state.stats.candidates[layer_idx] = positions
-    state.stats.kv_positions[layer_idx] = positions if active is None else torch.gather(positions, 1, active)
+    state.stats.kv_positions[layer_idx] = positions if cached_all else torch.gather(positions, 1, active)
     state.stats.layers.append(
-        LayerStats(layer_idx, plan.stage, n_candidates, n_attention, n_ffn, kv_tokens=n_attention)
+        LayerStats(
+            layer_idx, plan.stage, n_candidates, n_attention, n_ffn, kv_tokens=n_candidates if cached_all else budget
+        )
     )
     return x if candidates is None else scatter_rows(hidden_states, candidates, x)

@@ -1,0 +1,135 @@
+"""Selection variants (SPTSConfig fields): exact at unlimited budget, and doing what they say with small ones."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import spts
+from conftest import ATTENTION, FAMILIES, tiny_model
+from spts import SPTSConfig
+from spts.policies import attention_probe_scores, protected_tokens, top_tokens
+
+UNLIMITED = SPTSConfig(start_layer=1, stage_boundaries=(3, 5), budgets=(4096, 4096, 4096), delta=0)
+SMALL = SPTSConfig(start_layer=1, stage_boundaries=(3, 5), budgets=(24, 12, 6), delta=3)
+PROMPT = 48
+VARIANTS = {
+    "max-heads": {"head_aggregation": "max"},
+    "sinks-recent": {"sink_tokens": 4, "recent_tokens": 8},
+    "accumulate": {"accumulate_scores": True},
+    "kv-complete": {"kv_complete": True},
+    "all": {"head_aggregation": "max", "sink_tokens": 2, "recent_tokens": 3, "accumulate_scores": True,
+            "kv_complete": True, "probe_tokens": 4},
+}  # fmt: skip
+
+
+def _ids(model, length=PROMPT, seed=0):
+    return torch.randint(0, model.config.vocab_size, (1, length), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("attn", ATTENTION)
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_every_variant_is_exact_at_unlimited_budget(variant, family, attn):
+    model = tiny_model(family, attn)
+    ids = _ids(model, 37)
+    reference = model(ids, use_cache=True)
+    with spts.enabled(model, UNLIMITED.with_(**VARIANTS[variant])):
+        out = model(ids, use_cache=True)
+        assert [layer.stage for layer in spts.last_stats(model).layers] == [None, 0, 0, 1, 1, 2]
+    torch.testing.assert_close(out.logits, reference.logits, rtol=0, atol=1e-5)
+
+
+def test_max_head_aggregation_takes_each_tokens_strongest_head():
+    generator = torch.Generator().manual_seed(0)
+    queries, keys = torch.randn(2, 6, 1, 8, generator=generator), torch.randn(2, 3, 10, 8, generator=generator)
+    per_head = (queries.view(2, 3, 2, 8) @ keys.transpose(-1, -2) * 0.5).softmax(-1).view(2, 6, 10)
+    torch.testing.assert_close(attention_probe_scores(queries, keys, 0.5, head_aggregation="max"), per_head.amax(1))
+    torch.testing.assert_close(attention_probe_scores(queries, keys, 0.5), per_head.mean(1))
+    with pytest.raises(ValueError, match="head_aggregation must be one of"):
+        attention_probe_scores(queries, keys, 0.5, head_aggregation="median")
+
+
+def test_protected_tokens_are_always_selected():
+    positions = torch.arange(10)[None]
+    protected = protected_tokens(positions, 10, sinks=2, recent=3)
+    assert protected.tolist() == [[True, True, False, False, False, False, False, True, True, True]]
+    assert protected_tokens(positions, 10, 0, 0) is None
+    scores = torch.linspace(1, 0, 10)[None]  # the protected tokens score lowest but the first two
+    assert top_tokens(scores, 6, protected).tolist() == [[0, 1, 2, 7, 8, 9]]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sink_and_recent_tokens_stay_in_every_layers_cache(family):
+    model = tiny_model(family)
+    with spts.enabled(model, SMALL.with_(sink_tokens=3, recent_tokens=2)):
+        model(_ids(model), use_cache=True)
+        stats = spts.last_stats(model)
+    for layer_idx in range(1, 6):
+        kept = set(stats.kv_positions[layer_idx][0].tolist())
+        assert {0, 1, 2, PROMPT - 2, PROMPT - 1} <= kept, layer_idx
+
+
+def test_accumulated_scores_select_by_the_stage_sum(monkeypatch):
+    """With fixed fake probe scores per layer, the second layer of a stage keeps the top of the two layers' sum."""
+    calls = []
+
+    def fake_scores(queries, keys, scaling, offsets=None, head_aggregation="mean"):
+        n = keys.shape[2]
+        layer_scores = torch.rand(1, n, generator=torch.Generator().manual_seed(len(calls)))
+        calls.append(layer_scores)
+        return layer_scores
+
+    monkeypatch.setattr("spts.runtime.prefill.attention_probe_scores", fake_scores)
+    config = SPTSConfig(start_layer=1, stage_boundaries=(), budgets=(10,))
+    model = tiny_model("llama")
+    for accumulate in (False, True):
+        calls.clear()
+        with spts.enabled(model, config.with_(accumulate_scores=accumulate)):
+            model(_ids(model), use_cache=True)
+            kept = spts.last_stats(model).kv_positions[2]
+        expected = calls[0] + calls[1] if accumulate else calls[1]
+        assert torch.equal(kept, top_tokens(expected, 10)), accumulate
+
+
+@pytest.mark.parametrize("attn", ATTENTION)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_kv_complete_caches_every_candidate_and_active_rows_see_them_all(family, attn):
+    """In the first skipping layer every token is a candidate, so with kv_complete the active rows attend over all
+    earlier tokens, exactly as in the unmodified layer: their output equals it; the other rows are unchanged."""
+    model = tiny_model(family, attn)
+    config = SPTSConfig(start_layer=1, stage_boundaries=(3,), budgets=(16, 8), delta=4, kv_complete=True)
+    ids = _ids(model)
+    seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def record(name):
+        def hook(module, args, kwargs, output):
+            seen[name] = (
+                args[0] if args else kwargs["hidden_states"],
+                output[0] if isinstance(output, tuple) else output,
+            )
+
+        return hook
+
+    layer = model.model.layers[1]
+    handle = layer.register_forward_hook(record("full"), with_kwargs=True)
+    model(ids)
+    handle.remove()
+    with spts.enabled(model, config):
+        handle = layer.register_forward_hook(record("spts"), with_kwargs=True)
+        out = model(ids, use_cache=True)
+        handle.remove()
+        stats = spts.last_stats(model)
+    assert spts.cache_tokens_per_layer(out.past_key_values) == [PROMPT, PROMPT, PROMPT, 12, 12, 12]
+    assert stats.kv_tokens == [PROMPT, PROMPT, PROMPT, 12, 12, 12]
+    assert [layer.attention_active for layer in stats.layers] == [PROMPT, 16, 16, 8, 8, 8]
+    layer_input, spts_output = seen["spts"]
+    changed = (spts_output != layer_input).any(-1)[0]
+    assert int(changed.sum()) == 16 and bool(changed[-1])
+    torch.testing.assert_close(spts_output[0, changed], seen["full"][1][0, changed], rtol=0, atol=1e-5)
+
+
+def test_kv_complete_is_refused_with_flash_attention():
+    model = tiny_model("llama", attn="flash_attention_2")
+    with pytest.raises(spts.UnsupportedModelError, match="kv_complete needs an attention mask"):
+        spts.enable(model, SMALL.with_(kv_complete=True))
