@@ -58,6 +58,7 @@ from spts.eval.metrics import score
 from spts.eval.prompts import EvalSample, PromptRenderer
 from spts.eval.tasks import generate, resolve_tasks
 from spts.generation import decode_step, prefill_with_cache, stop_token_ids
+from spts.jsonl import read_rows
 from spts.runtime.transformers_api import model_cache_argument
 
 ROWS_FILE = "rows.jsonl"
@@ -365,17 +366,6 @@ def run_one(
 
 
 # --------------------------------------------------------------------------- resumable rows
-
-
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows of ``path``; a last line cut short by an interruption is dropped from the file."""
-    if not path.exists():
-        return []
-    raw = path.read_bytes()
-    complete = raw[: raw.rfind(b"\n") + 1]
-    if len(complete) != len(raw):
-        path.write_bytes(complete)
-    return [json.loads(line) for line in complete.decode("utf-8").splitlines() if line.strip()]
 
 
 def check_run(out: Path, info: dict[str, Any]) -> None:

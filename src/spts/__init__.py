@@ -24,6 +24,7 @@ from spts.runtime import (
     is_enabled,
     last_stats,
 )
+from spts.tuning import tune
 
 __version__ = "0.1.0"
 
@@ -49,4 +50,5 @@ __all__ = [
     "is_enabled",
     "last_stats",
     "supported_model_types",
+    "tune",
 ]

@@ -5,6 +5,8 @@
 * ``spts bench``: TTFT, end-to-end latency and decode speed of the full model vs SPTS and its ablations.
 * ``spts eval``: accuracy of the full model vs SPTS configs and ablations on long-context tasks (RULER-style
   synthetic tasks, QA, or LongBench files).
+* ``spts tune``: search an SPTS schedule for one model on this machine, for a speedup or a fidelity target;
+  writes ``tuned.json`` for ``spts.enable(model, "tuned.json")``.
 
 ``spts COMMAND --help`` lists each command's options.
 """
@@ -379,3 +381,9 @@ def eval_(
     )
     write_reports(rows, out, header)
     console.print((out / "table.md").read_text())
+
+
+# The tune command lives with the tuning package (kept out of this file's length); imported lazily there.
+from spts.tuning.command import tune_command  # noqa: E402
+
+app.command("tune")(tune_command)

@@ -22,6 +22,7 @@ from spts.eval.methods import Method
 from spts.eval.metrics import score
 from spts.eval.prompts import EvalSample, PromptRenderer
 from spts.generation import greedy_continue, prefill_with_cache
+from spts.jsonl import read_rows
 
 ROWS_FILE = "samples.jsonl"
 RUN_FILE = "run.json"
@@ -29,17 +30,6 @@ RUN_FILE = "run.json"
 
 class ResumeError(ValueError):
     """An output folder holds results that the requested run must not be mixed with."""
-
-
-def _read_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows of a results file; a last line cut short by an interruption is dropped from the file."""
-    if not path.exists():
-        return []
-    raw = path.read_bytes()
-    complete = raw[: raw.rfind(b"\n") + 1]
-    if len(complete) != len(raw):
-        path.write_bytes(complete)
-    return [json.loads(line) for line in complete.decode("utf-8").splitlines() if line.strip()]
 
 
 def _check_run_info(out_dir: Path, run_info: dict[str, Any]) -> None:
@@ -129,7 +119,7 @@ def run_eval(
     renderer = renderer or PromptRenderer(tokenizer)
     _check_run_info(out_dir, run_info or {})
     path = out_dir / ROWS_FILE
-    done = {(r["sample_id"], r["method"]): r for r in _read_rows(path)}
+    done = {(r["sample_id"], r["method"]): r for r in read_rows(path)}
     _check_methods(list(done.values()), methods)
     ids_seen = [s.sample_id for s in samples]
     if len(set(ids_seen)) != len(ids_seen):

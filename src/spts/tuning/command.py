@@ -1,0 +1,96 @@
+"""``spts tune``: the command line of :func:`spts.tuning.tune` (registered on ``spts.cli.app``).
+
+Only typer is imported here at module level, so ``spts --help`` stays fast; the model, torch and the search load
+when the command runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def tune_command(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Option(help="zoo model name or local Hugging Face model folder")] = "smollm2-135m",
+    target_speedup: Annotated[
+        float | None, typer.Option(help="most faithful schedule predicted at least this much faster (TTFT)")
+    ] = None,
+    min_fidelity: Annotated[
+        float | None, typer.Option(help="fastest schedule whose fidelity to the full model is at least this (0-1]")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="output folder; an existing one is resumed")] = Path("runs/tune"),
+    prompts: Annotated[int, typer.Option(help="calibration prompts (the survivors of the search see all)")] = 8,
+    length: Annotated[int, typer.Option(help="prompt length in tokens")] = 4096,
+    seed: Annotated[int, typer.Option(help="calibration prompts and config subsample (disjoint from spts eval's)")] = 0,
+    space: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="explicit values of an SPTSConfig field, e.g. start_layer=14,17 or budgets=0.3:0.1 "
+            "(repeatable; replaces that part of the grid or adds a dimension)"
+        ),
+    ] = None,
+    max_configs: Annotated[int, typer.Option(help="search at most this many configs (a seeded subsample)")] = 256,
+    prompt_file: Annotated[
+        Path | None, typer.Option(help='JSONL of {"prompt": ...} lines to calibrate on instead of generated tasks')
+    ] = None,
+    tasks: Annotated[
+        str | None, typer.Option(help="generated calibration tasks, comma-separated (default: needles, vt and QA)")
+    ] = None,
+    measure: Annotated[int, typer.Option(help="time prefills of this many of the best configs (0: none)")] = 3,
+    measure_repeats: Annotated[int, typer.Option(help="timed prefills per measured config (median)")] = 3,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda; default: cuda if available")] = None,
+    ltp: Annotated[bool, typer.Option(help="LTP FFN proxies for a zoo model (calibrated once, cached)")] = True,
+) -> None:
+    """Search an SPTS schedule for one model on this machine (resumable); writes tuned.json and reports."""
+    import torch
+
+    from spts.cli import _command_line, _load_model, console
+    from spts.tuning import TuneError, TuneSettings
+    from spts.tuning import tune as run_tune
+    from spts.tuning.prompts import read_prompt_file
+    from spts.zoo import ZOO
+
+    try:  # what can be checked before the model loads
+        settings = TuneSettings(
+            target_speedup=target_speedup,
+            min_fidelity=min_fidelity,
+            prompts=prompts,
+            length=length,
+            seed=seed,
+            space=tuple(space or ()),
+            max_configs=max_configs,
+            prompt_file=prompt_file,
+            **({"tasks": tuple(t.strip() for t in tasks.split(",") if t.strip())} if tasks else {}),
+            measure=measure,
+            measure_repeats=measure_repeats,
+        )
+        if prompt_file is not None:
+            read_prompt_file(prompt_file)
+        else:
+            from spts.eval.tasks import resolve_tasks
+
+            resolve_tasks(list(settings.tasks))
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    lm, tokenizer = _load_model(model, dtype, device)
+    proxies = None
+    if ltp and model in ZOO:
+        from spts.calibration.shipped import zoo_proxies
+
+        with console.status("LTP proxies (the first run calibrates them) ..."):
+            proxies = zoo_proxies(model, lm, tokenizer, progress=False)
+    command = _command_line(ctx)
+    try:
+        result = run_tune(lm, tokenizer, out, settings=settings, proxies=proxies, model_name=model, command=command)
+    except TuneError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(1) from None
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+    console.print((out / "table.md").read_text())
+    console.print(f"wrote {result.path}; use it with spts.enable(model, {str(result.path)!r})")
