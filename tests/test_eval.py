@@ -7,6 +7,7 @@ model; the real SmolLM2 end-to-end run is marked slow.
 from __future__ import annotations
 
 import json
+import pathlib
 import re
 from collections import Counter
 
@@ -215,6 +216,15 @@ def test_selection_variants_resolve_on_top_of_a_budget_level():
     # A variant at its default changes nothing: the fingerprint of earlier runs stays valid.
     assert BASE.with_(kv_complete=False) == BASE
     assert resolve_methods("spts", BASE)[0].fingerprint != resolve_methods("spts+kvc", BASE)[0].fingerprint
+
+
+def test_fields_added_to_the_config_keep_recorded_fingerprints():
+    """The checked-in SmolLM2 run was recorded before SPTSConfig grew end_layer and the selection variants."""
+    preset = SPTSConfig.preset("smollm2-135m")
+    methods = resolve_methods("full,pap,pap+ffn,spts@0.5,spts,spts@2", preset)
+    recorded = pathlib.Path(__file__).resolve().parents[1] / "benchmarks/results/eval_smollm2_4k/samples.jsonl"
+    rows = map(json.loads, recorded.read_text().splitlines())
+    assert {m.name: m.fingerprint for m in methods} == {row["method"]: row["method_fingerprint"] for row in rows}
 
 
 @pytest.mark.parametrize(

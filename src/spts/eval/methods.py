@@ -15,6 +15,7 @@ named on the command line by short specs, resolved against a base SPTS config:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -32,25 +33,24 @@ class Method:
     @property
     def fingerprint(self) -> str:
         """Short hash of everything that decides this method's outputs (not its name)."""
-        config = self.config.to_dict() if self.config else None
-        if config:
-            del config["name"]  # a label, not behaviour
-            # Fields added after results were recorded count only when set, so earlier runs still resume.
-            for added, default in _ADDED_FIELDS.items():
-                if config[added] == default:
-                    del config[added]
+        config = None
+        if self.config:
+            # The first release's fields always count; fields added since count only away from their default
+            # (which keeps the old behaviour), so results recorded before they existed still resume.
+            defaults = {f.name: f.default for f in dataclasses.fields(SPTSConfig)}
+            config = {
+                k: v
+                for k, v in self.config.to_dict().items()
+                if k in _FIRST_FIELDS or (k != "name" and v != defaults[k])
+            }
         payload = {"config": config, "selection": self.selection}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
-_ADDED_FIELDS = {
-    "end_layer": None,
-    "head_aggregation": "mean",
-    "sink_tokens": 0,
-    "recent_tokens": 0,
-    "accumulate_scores": False,
-    "kv_complete": False,
-}
+_FIRST_FIELDS = frozenset(
+    ("start_layer", "stage_boundaries", "budgets", "delta", "probe_tokens", "pool_kernel", "skip_attention",
+     "skip_ffn", "prune")
+)  # fmt: skip
 
 
 def scale_budgets(config: SPTSConfig, factor: float) -> SPTSConfig:
