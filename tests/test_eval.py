@@ -15,6 +15,7 @@ import pytest
 
 from conftest import tiny_model
 from spts import SPTSConfig
+from spts.config_file import ConfigFileError
 from spts.eval import (
     TASKS,
     PromptRenderer,
@@ -225,6 +226,23 @@ def test_fields_added_to_the_config_keep_recorded_fingerprints():
     recorded = pathlib.Path(__file__).resolve().parents[1] / "benchmarks/results/eval_smollm2_4k/samples.jsonl"
     rows = map(json.loads, recorded.read_text().splitlines())
     assert {m.name: m.fingerprint for m in methods} == {row["method"]: row["method_fingerprint"] for row in rows}
+
+
+def test_config_files_are_methods(tmp_path):
+    tuned = BASE.with_(budgets=(0.7, 0.4), accumulate_scores=True, name="whatever")
+    tuned.to_file(tmp_path / "tuned.json", model=tiny_model("llama"))
+    spec = f"full,{tmp_path}/tuned.json,mine=file:{tmp_path}/tuned.json,spts"
+    methods = {m.name: m for m in resolve_methods(spec, BASE, tiny_model("llama"))}
+    assert list(methods) == ["full", "tuned", "mine", "spts"]
+    assert methods["tuned"].config == tuned == methods["mine"].config
+    assert methods["tuned"].fingerprint == methods["mine"].fingerprint != methods["spts"].fingerprint
+    # A file made for another model (layer count) is refused when the model is given.
+    with pytest.raises(ConfigFileError, match="made for another model"):
+        resolve_methods(f"{tmp_path}/tuned.json", BASE, tiny_model("llama", num_hidden_layers=3))
+    with pytest.raises(ConfigFileError, match="no SPTS config file"):
+        resolve_methods(f"{tmp_path}/missing.json", BASE)
+    with pytest.raises(ValueError, match="name before '='"):
+        resolve_methods(f"my name={tmp_path}/tuned.json", BASE)
 
 
 @pytest.mark.parametrize(

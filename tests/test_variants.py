@@ -18,6 +18,7 @@ VARIANTS = {
     "sinks-recent": {"sink_tokens": 4, "recent_tokens": 8},
     "accumulate": {"accumulate_scores": True},
     "kv-complete": {"kv_complete": True},
+    "cache-skipped": {"cache_skipped": True},
     "all": {"head_aggregation": "max", "sink_tokens": 2, "recent_tokens": 3, "accumulate_scores": True,
             "kv_complete": True, "probe_tokens": 4},
 }  # fmt: skip
@@ -133,3 +134,42 @@ def test_kv_complete_is_refused_with_flash_attention():
     model = tiny_model("llama", attn="flash_attention_2")
     with pytest.raises(spts.UnsupportedModelError, match="kv_complete needs an attention mask"):
         spts.enable(model, SMALL.with_(kv_complete=True))
+
+
+@pytest.mark.parametrize("attn", ATTENTION)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cache_skipped_prefills_like_the_paper_and_caches_every_candidate(family, attn):
+    """The prefill is the paper's (same logits, same active tokens); the cache holds every candidate, and in the
+    first skipping layer (every token a candidate, its input the full model's) exactly the full model's K/V."""
+    model = tiny_model(family, attn)
+    ids = _ids(model)
+    full = model(ids, use_cache=True)
+    with spts.enabled(model, SMALL):
+        paper = model(ids, use_cache=True)
+        paper_stats = spts.last_stats(model)
+    with spts.enabled(model, SMALL.with_(cache_skipped=True)):
+        out = model(ids, use_cache=True)
+        stats = spts.last_stats(model)
+    torch.testing.assert_close(out.logits, paper.logits, rtol=0, atol=1e-5)
+    assert [layer.attention_active for layer in stats.layers] == [layer.attention_active for layer in paper_stats.layers]
+    candidates = [layer.candidates for layer in stats.layers]
+    assert spts.cache_tokens_per_layer(out.past_key_values) == candidates == [PROMPT, PROMPT, PROMPT, 15, 15, 9]
+    assert spts.cache_tokens_per_layer(paper.past_key_values) == [PROMPT, 24, 24, 12, 12, 6]
+    for ours, reference in zip(_layer_kv(out.past_key_values, 1), _layer_kv(full.past_key_values, 1), strict=True):
+        torch.testing.assert_close(ours, reference, rtol=0, atol=1e-5)
+    # The active tokens' entries are the paper's; decoding then sees more than the paper's cache.
+    active = stats.kv_positions[1]
+    assert torch.equal(active[0], torch.arange(PROMPT))
+    paper_keys = _layer_kv(paper.past_key_values, 1)[0]
+    kept = paper_stats.kv_positions[1][0]
+    torch.testing.assert_close(_layer_kv(out.past_key_values, 1)[0][:, :, kept], paper_keys, rtol=0, atol=1e-5)
+
+
+def _layer_kv(cache, layer_idx):
+    layer = cache.layers[layer_idx]
+    return layer.keys, layer.values
+
+
+def test_cache_skipped_with_kv_complete_is_refused():
+    with pytest.raises(ValueError, match="kv_complete already caches every candidate"):
+        SMALL.with_(kv_complete=True, cache_skipped=True)

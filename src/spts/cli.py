@@ -14,8 +14,6 @@
 from __future__ import annotations
 
 import json
-import os
-import platform
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -23,6 +21,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from spts.machine import machine, run_context
 
 app = typer.Typer(help="Self-predictive token skipping for long-context transformers inference.", no_args_is_help=True)
 console = Console()
@@ -102,22 +102,11 @@ def demo(
     if json_out:
         record = result.to_dict() | {
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": _machine(),
+            "machine": machine(),
             "torch": torch.__version__,
         }
         json_out.write_text(json.dumps(record, indent=2))
         console.print(f"wrote {json_out}")
-
-
-def _machine() -> str:
-    return f"{platform.node()} {platform.machine()} {os.cpu_count()} cores"
-
-
-def _run_context(dtype) -> str:
-    """dtype, torch version, machine and date: the first line of every results table."""
-    import torch
-
-    return f"{str(dtype).removeprefix('torch.')}, torch {torch.__version__}, {_machine()}, {datetime.now(UTC):%Y-%m-%d}"
 
 
 def _describe(config, ltp: bool) -> str:
@@ -218,7 +207,7 @@ def calibrate(
         "model": model,
         "command": _command_line(ctx),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": _machine(),
+        "machine": machine(),
         "torch": torch.__version__,
         "calibration_seconds": calibration_seconds,
         "meta": dataclasses.asdict(proxies.meta),
@@ -285,7 +274,7 @@ def bench(
     decoder = "static decoder" if static_decode else "the model's own decode step"
     header = (
         f"{model} ({'random weights' if model in SHAPES and random_weights else 'checkpoint'}), {device}, "
-        f"{_run_context(dtype)}; SPTS config {_describe(config, ffn is not None)}; "
+        f"{run_context(dtype)}; SPTS config {_describe(config, ffn is not None)}; "
         f"{'decoding through ' + decoder if decode else 'prefill only'}. Command: {_command_line(ctx)}"
     )
     write_reports(rows, out, header)
@@ -314,7 +303,12 @@ def eval_(
     lengths: Annotated[str, typer.Option(help="comma-separated prompt lengths in tokens")] = "4096",
     samples: Annotated[int, typer.Option(help="samples per task and length (a larger number extends a run)")] = 50,
     methods: Annotated[
-        str, typer.Option(help="comma-separated: full, spts, spts@<budget scale>, pap, pap+ffn, ceiling")
+        str,
+        typer.Option(
+            help="comma-separated: full, spts, spts@<budget scale>, pap, pap+ffn, ceiling, spts[@s]+<variant> "
+            "(kvc, cache, max, acc, sinks<N>, recent<N>, window<N>), or a config file: <path>.json or "
+            "<name>=<path>.json"
+        ),
     ] = "full,pap,pap+ffn,spts@0.5,spts,spts@2",
     preset: Annotated[str | None, typer.Option(help="base SPTS preset; default: the model's, else derived")] = None,
     out: Annotated[Path, typer.Option(help="output folder; an existing one is resumed")] = Path("runs/eval"),
@@ -353,7 +347,7 @@ def eval_(
     window = int(getattr(lm.config, "max_position_embeddings", 0) or 0)
     config = SPTSConfig.preset(preset or model) if (preset or model) in PRESETS else SPTSConfig.for_model(lm)
     try:
-        chosen = resolve_methods(methods, config)
+        chosen = resolve_methods(methods, config, lm)
         renderer = PromptRenderer(tokenizer, chat, max_prompt_tokens or (window - 512 if window > 1024 else None))
         if longbench_dir is not None:
             names = [t.strip() for t in longbench_tasks.split(",") if t.strip()]
@@ -376,7 +370,7 @@ def eval_(
     info = {"model": model, "device": device, "dtype": str(dtype), "base_config": config.to_dict()}
     rows = run_eval(lm, tokenizer, items, chosen, out, renderer=renderer, proxies=proxies, run_info=info)
     header = (
-        f"{model}, {device} {_run_context(dtype)}; chat template {'on' if renderer.chat else 'off'}; "
+        f"{model}, {device} {run_context(dtype)}; chat template {'on' if renderer.chat else 'off'}; "
         f"base SPTS config {_describe(config, proxies is not None)}. Command: `{command}`"
     )
     write_reports(rows, out, header)

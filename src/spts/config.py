@@ -52,6 +52,10 @@ class SPTSConfig:
             candidates' current residual, as the probe already computes keys), and all of them are cached,
             so decoding sees every candidate. Costs more attention and memory than the paper's compressed
             cache, which holds only the active tokens.
+        cache_skipped: the paper's attention (active queries over the active tokens only), but the skipped
+            candidates' keys and values (from their current residual; the probe already computes their keys)
+            are cached too, so decoding sees every candidate of every layer. The prefill computes exactly what
+            the paper's does (same logits); decoding costs what kv_complete's does. Implied by kv_complete.
         end_layer: layers ``[end_layer, num_layers)`` run in full again, over every token (None: skipping
             runs to the last layer, as in the paper). For studies of where skipping costs accuracy:
             skipping only ``[start_layer, end_layer)`` measures what that layer range loses.
@@ -71,6 +75,7 @@ class SPTSConfig:
     recent_tokens: int = 0
     accumulate_scores: bool = False
     kv_complete: bool = False
+    cache_skipped: bool = False
     end_layer: int | None = None
     name: str = field(default="custom", compare=False)
 
@@ -111,9 +116,11 @@ class SPTSConfig:
             raise ValueError(f"head_aggregation must be 'mean' or 'max', got {self.head_aggregation!r}")
         _check_int("sink_tokens", self.sink_tokens, minimum=0)
         _check_int("recent_tokens", self.recent_tokens, minimum=0)
-        for flag in ("skip_attention", "skip_ffn", "prune", "accumulate_scores", "kv_complete"):
+        for flag in ("skip_attention", "skip_ffn", "prune", "accumulate_scores", "kv_complete", "cache_skipped"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"{flag} must be a bool, got {getattr(self, flag)!r}")
+        if self.cache_skipped and self.kv_complete:
+            raise ValueError("kv_complete already caches every candidate; set cache_skipped only without it")
 
     # ------------------------------------------------------------------ constructors
     @classmethod

@@ -9,8 +9,12 @@ named on the command line by short specs, resolved against a base SPTS config:
 * ``pap+ffn``: PAP and FFN skipping, no pruning (``spts`` adds MSDP);
 * ``ceiling``: the base schedule with random selection (the speed bound; not meant to answer well);
 * selection variants appended to ``spts`` or ``spts@<scale>`` with ``+``: ``+kvc`` (KV-complete skipping),
+  ``+cache`` (skipped candidates cached for decoding),
   ``+max`` (max over heads), ``+sinks<S>`` / ``+recent<R>`` (protected first S / last R tokens), ``+acc``
-  (scores accumulated over a stage), ``+window<W>`` (the last W tokens probe), e.g. ``spts@2+kvc+recent64``.
+  (scores accumulated over a stage), ``+window<W>`` (the last W tokens probe), e.g. ``spts@2+kvc+recent64``;
+* ``file:<path>`` or a path ending in ``.json``: a config file (``spts tune``'s ``tuned.json``, or
+  ``SPTSConfig.to_file``), named after the file (``runs/tune/tuned.json`` is ``tuned``); ``<name>=<path>`` names
+  it yourself, e.g. ``tuned15=runs/tune15/tuned.json``.
 """
 
 from __future__ import annotations
@@ -18,9 +22,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from spts.config import SPTSConfig
+from spts.config_file import load_config
 
 
 @dataclass(frozen=True)
@@ -61,7 +69,12 @@ def scale_budgets(config: SPTSConfig, factor: float) -> SPTSConfig:
     return config.with_(budgets=budgets, name=f"{config.name}@{factor:g}")
 
 
-_VARIANT_FLAGS = {"kvc": {"kv_complete": True}, "max": {"head_aggregation": "max"}, "acc": {"accumulate_scores": True}}
+_VARIANT_FLAGS = {
+    "kvc": {"kv_complete": True},
+    "cache": {"cache_skipped": True},
+    "max": {"head_aggregation": "max"},
+    "acc": {"accumulate_scores": True},
+}
 _VARIANT_COUNTS = {"sinks": "sink_tokens", "recent": "recent_tokens", "window": "probe_tokens"}
 
 
@@ -73,13 +86,30 @@ def _variant_changes(spec: str, variant: str) -> dict:
         if variant.startswith(prefix) and count.isdigit():
             return {field: int(count)}
     raise ValueError(
-        f"method {spec!r}: unknown selection variant {variant!r}; use kvc, max, acc, sinks<N>, recent<N> or window<N>"
+        f"method {spec!r}: unknown selection variant {variant!r}; "
+        "use kvc, cache, max, acc, sinks<N>, recent<N> or window<N>"
     )
 
 
-def resolve_method(spec: str, base: SPTSConfig) -> Method:
-    """The method a spec names (see the module docstring)."""
+def _file_method(spec: str, model: Any) -> Method | None:
+    """The method of a config-file spec, or None when ``spec`` names no file."""
+    name, _, path = spec.partition("=") if "=" in spec else ("", "", spec)
+    if not (path.startswith("file:") or path.endswith(".json")):
+        return None
+    if name and not re.fullmatch(r"[\w.@-]+", name):
+        raise ValueError(
+            f"method {spec!r}: a config file's name before '=' may use letters, digits, '_', '.', '@', '-'"
+        )
+    path = path.removeprefix("file:")
+    return Method(name or Path(path).stem, load_config(path, model))
+
+
+def resolve_method(spec: str, base: SPTSConfig, model: Any = None) -> Method:
+    """The method a spec names (see the module docstring); ``model`` checks config files against it."""
     spec = spec.strip()
+    from_file = _file_method(spec, model)
+    if from_file is not None:
+        return from_file
     if "+" in spec and spec.split("+")[0].partition("@")[0] == "spts":
         head, *variants = spec.split("+")
         method = resolve_method(head, base)
@@ -108,15 +138,17 @@ def resolve_method(spec: str, base: SPTSConfig) -> Method:
             raise ValueError(f"method {spec!r}: the budget scale after '@' must be a positive number, e.g. spts@0.5")
         return Method(f"spts@{factor:g}", scale_budgets(base, factor))
     raise ValueError(
-        f"unknown method {spec!r}; use full, spts, spts@<scale>, pap, pap+ffn, ceiling, or spts[@<scale>]+<variant>"
+        f"unknown method {spec!r}; use full, spts, spts@<scale>, pap, pap+ffn, ceiling, spts[@<scale>]+<variant>, "
+        "or a config file (file:<path>, <path>.json or <name>=<path>.json)"
     )
 
 
-def resolve_methods(specs: str | list[str], base: SPTSConfig) -> list[Method]:
-    """Methods for comma-separated specs, in order; names must be unique."""
+def resolve_methods(specs: str | list[str], base: SPTSConfig, model: Any = None) -> list[Method]:
+    """Methods for comma-separated specs, in order; names must be unique (config files are checked against
+    ``model`` when it is given)."""
     if isinstance(specs, str):
         specs = [s for s in specs.split(",") if s.strip()]
-    methods = [resolve_method(s, base) for s in specs]
+    methods = [resolve_method(s, base, model) for s in specs]
     names = [m.name for m in methods]
     if len(set(names)) != len(names):
         raise ValueError(f"methods repeat a name: {', '.join(names)}")

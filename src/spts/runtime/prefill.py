@@ -141,12 +141,16 @@ def skipping_prefill(
 
     # Attention of the active tokens, at their original positions, keys reused from the probe: over the
     # active tokens only (the paper), or over every candidate (kv_complete).
+    cached_all = not select_attention or config.kv_complete or config.cache_skipped
     if select_attention:
         active = top_tokens(scores, budget, protected)
         normed_active, cos_a, sin_a = (gather_rows(t, active) for t in (normed, cos, sin))
         if config.kv_complete:
             values = adapter.values(layer, normed)
             mask = _rows_attending_candidates(active, n_candidates, x)
+        elif config.cache_skipped:
+            values = adapter.values(layer, normed)
+            mask = _causal_mask(context.attn_implementation, budget, x)
         else:
             keys = gather_rows(keys, active, dim=2)
             values = adapter.values(layer, normed_active)
@@ -158,6 +162,9 @@ def skipping_prefill(
     queries = adapter.queries(layer, normed_active, cos_a, sin_a)
     if cache is not None:
         keys, values = cache.update(keys, values, layer_idx)
+    if select_attention and config.cache_skipped:
+        # Every candidate went to the cache for decoding; this layer's prefill attends over the active ones.
+        keys, values = gather_rows(keys, active, dim=2), gather_rows(values, active, dim=2)
     attn_out, _ = context.attention_function(
         attention, queries, keys, values, mask, dropout=0.0, scaling=attention.scaling
     )
@@ -185,7 +192,6 @@ def skipping_prefill(
 
     n_attention = n_candidates if active is None else budget
     n_ffn = n_candidates if ffn_active is None else budget
-    cached_all = active is None or config.kv_complete
     state.stats.candidates[layer_idx] = positions
     state.stats.kv_positions[layer_idx] = positions if cached_all else torch.gather(positions, 1, active)
     state.stats.layers.append(

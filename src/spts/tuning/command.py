@@ -33,6 +33,9 @@ def tune_command(
         ),
     ] = None,
     max_configs: Annotated[int, typer.Option(help="search at most this many configs (a seeded subsample)")] = 256,
+    min_survivors: Annotated[
+        int, typer.Option(help="configs that see every prompt (successive halving stops cutting there)")
+    ] = 4,
     prompt_file: Annotated[
         Path | None, typer.Option(help='JSONL of {"prompt": ...} lines to calibrate on instead of generated tasks')
     ] = None,
@@ -62,6 +65,7 @@ def tune_command(
             seed=seed,
             space=tuple(space or ()),
             max_configs=max_configs,
+            min_survivors=min_survivors,
             prompt_file=prompt_file,
             **({"tasks": tuple(t.strip() for t in tasks.split(",") if t.strip())} if tasks else {}),
             measure=measure,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
-import platform
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import torch
 from torch import nn
 
 from spts.config import SPTSConfig
+from spts.machine import machine
 from spts.tuning.space import describe
 
 TUNED_FILE = "tuned.json"
@@ -40,7 +40,7 @@ def environment() -> dict[str, Any]:
 
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores",
+        "machine": f"{machine()}, {torch.get_num_threads()} torch threads",
         "torch": torch.__version__,
         "transformers": version("transformers"),
         "spts": version("spts"),

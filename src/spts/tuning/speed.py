@@ -56,10 +56,13 @@ class SpeedModel:
     def part(self, name: str, n: float) -> float:
         return sum(c * n**i for i, c in enumerate(self.coefficients.get(name, ())))
 
-    def attention(self, active: float, candidates: float, kv_complete: bool = False) -> float:
-        """Attention of ``active`` tokens in a layer whose probe computed keys for ``candidates`` tokens."""
+    def attention(
+        self, active: float, candidates: float, kv_complete: bool = False, cache_skipped: bool = False
+    ) -> float:
+        """Attention of ``active`` tokens in a layer whose probe computed keys for ``candidates`` tokens
+        (``kv_complete``: attending over all of them; ``cache_skipped``: values for all of them too)."""
         a = (*self.coefficients.get("attention", ()), 0.0, 0.0, 0.0)
-        extra = self.key_share + (self.value_share if kv_complete else 0.0)
+        extra = self.key_share + (self.value_share if kv_complete or cache_skipped else 0.0)
         attended = candidates if kv_complete else active
         return a[0] + a[1] * (active + extra * (candidates - active)) + a[2] * active * attended
 
@@ -72,12 +75,13 @@ class SpeedModel:
         if config is None:
             return costs
         kv_complete = bool(getattr(config, "kv_complete", False))
+        cache_skipped = bool(getattr(config, "cache_skipped", False))
         for idx, plan in plan_layers(config, self.num_layers, length).items():
             n_cand, budget = plan.candidates, plan.budget
             select_attention = config.skip_attention and budget < n_cand
             select_ffn = config.skip_ffn and budget < n_cand
             active = budget if select_attention else n_cand
-            cost = self.attention(active, n_cand, kv_complete and select_attention)
+            cost = self.attention(active, n_cand, kv_complete and select_attention, cache_skipped and select_attention)
             cost += self.part("ffn", budget if select_ffn else n_cand)
             if select_attention or select_ffn or plan.scores_needed_next:
                 cost += self.part("probe", n_cand)
@@ -125,7 +129,7 @@ class SpeedModel:
 
 def kv_fraction(config: SPTSConfig, num_layers: int, length: int) -> float:
     """Share of a full prefill's KV cache the config keeps, from its plan."""
-    kv_complete = bool(getattr(config, "kv_complete", False))
+    cache_all = bool(getattr(config, "kv_complete", False) or getattr(config, "cache_skipped", False))
     plans = plan_layers(config, num_layers, length)
     kept = 0
     for idx in range(num_layers):
@@ -134,7 +138,7 @@ def kv_fraction(config: SPTSConfig, num_layers: int, length: int) -> float:
             kept += length
         else:
             select = config.skip_attention and plan.budget < plan.candidates
-            kept += plan.candidates if kv_complete or not select else plan.budget
+            kept += plan.candidates if cache_all or not select else plan.budget
     return kept / (num_layers * length)
 
 
