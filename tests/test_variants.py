@@ -151,7 +151,7 @@ def test_cache_skipped_prefills_like_the_paper_and_caches_every_candidate(family
         out = model(ids, use_cache=True)
         stats = spts.last_stats(model)
     torch.testing.assert_close(out.logits, paper.logits, rtol=0, atol=1e-5)
-    assert [layer.attention_active for layer in stats.layers] == [layer.attention_active for layer in paper_stats.layers]
+    assert [s.attention_active for s in stats.layers] == [s.attention_active for s in paper_stats.layers]
     candidates = [layer.candidates for layer in stats.layers]
     assert spts.cache_tokens_per_layer(out.past_key_values) == candidates == [PROMPT, PROMPT, PROMPT, 15, 15, 9]
     assert spts.cache_tokens_per_layer(paper.past_key_values) == [PROMPT, 24, 24, 12, 12, 6]

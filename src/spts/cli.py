@@ -242,8 +242,13 @@ def bench(
         bool,
         typer.Option(help="decode every method through spts's static decoder (CUDA graph on GPU), else the model's"),
     ] = True,
+    engine: Annotated[str, typer.Option(help="hf, or vllm: stock vLLM vs vLLM+SPTS (needs spts[vllm])")] = "hf",
 ) -> None:
     """TTFT, E2E latency and decode speed of the full model vs SPTS and its ablations (resumable)."""
+    if engine == "vllm":  # stock vLLM vs vLLM+SPTS (docs/vllm.md): lengths, preset, out and repeats apply
+        from spts.integrations.vllm.bench import bench_vllm
+
+        return bench_vllm(model, [int(n) for n in lengths.split(",")], preset, out, repeats, _command_line(ctx))
     import torch
 
     from spts import PRESETS, SPTSConfig

@@ -1,0 +1,1 @@
+"""Integrations of SPTS into serving engines (optional extras: ``spts[vllm]``)."""
