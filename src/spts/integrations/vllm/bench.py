@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import time
 from datetime import UTC, datetime
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from spts.config import PRESETS, SPTSConfig
+from spts.machine import machine
 
 
 def _model_folder(model: str) -> Path:
@@ -56,24 +56,18 @@ def bench_vllm(
     from spts.data.haystack import build_needle_prompt, prompt_input_ids
 
     from .models import spts_report
+    from .settings import engine_arguments
 
     folder = _model_folder(model)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     prompts = {n: build_needle_prompt(tokenizer, n, seed=0) for n in lengths}
     ids = {n: prompt_input_ids(tokenizer, p)[0].tolist() for n, p in prompts.items()}
     max_len = -(-(max(len(i) for i in ids.values()) + new_tokens + 16) // 1024) * 1024
-    common = dict(
-        model=str(folder),
-        dtype=dtype,
-        enforce_eager=True,
-        enable_chunked_prefill=False,
-        enable_prefix_caching=False,
-        max_model_len=max_len,
-        max_num_batched_tokens=max_len,
-        seed=0,
-    )
     settings = _settings(model, folder, preset)
-    engines = {"stock": LLM(**common), "spts": LLM(**common, additional_config={"spts": settings})}
+    engines = {
+        "stock": LLM(**engine_arguments(folder, max_len, dtype=dtype, seed=0)),
+        "spts": LLM(**engine_arguments(folder, max_len, settings, dtype=dtype, seed=0)),
+    }
     first = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
     full = SamplingParams(temperature=0.0, max_tokens=new_tokens, ignore_eos=True)
 
@@ -127,7 +121,7 @@ def _write(rows: list[dict[str, Any]], out: Path, model: str, settings: dict, dt
         "dtype": dtype,
         "vllm": vllm.__version__,
         "torch": torch.__version__,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "machine": machine(),
         "threads": "VLLM_CPU_OMP_THREADS_BIND=" + os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "unset (vLLM: one core)"),
         "date": f"{datetime.now(UTC):%Y-%m-%d}",
         "command": command,

@@ -39,6 +39,25 @@ class SPTSVLLMConfigError(SPTSError, ValueError):
     """The deployment's SPTS settings, or a vLLM setting SPTS cannot honour, refused at engine start."""
 
 
+def engine_arguments(
+    model: str | os.PathLike, max_model_len: int, spts: dict[str, Any] | None = None, **extra: Any
+) -> dict[str, Any]:
+    """Keyword arguments for ``vllm.LLM`` with the settings SPTS runs under (what :func:`check_engine` requires:
+    eager mode, every prompt prefilled whole in one step, no prefix caching); with ``spts``, SPTS switched on by
+    ``additional_config``. ``extra`` adds or overrides arguments (``dtype``, ``seed``, ...)."""
+    arguments: dict[str, Any] = dict(
+        model=str(model),
+        enforce_eager=True,
+        enable_chunked_prefill=False,
+        enable_prefix_caching=False,
+        max_model_len=max_model_len,
+        max_num_batched_tokens=max_model_len,
+    )
+    if spts is not None:
+        arguments["additional_config"] = {KEY: spts}
+    return arguments | extra
+
+
 @dataclass(frozen=True)
 class VLLMSettings:
     """SPTS settings of one deployment."""
