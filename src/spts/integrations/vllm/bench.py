@@ -29,6 +29,9 @@ def _model_folder(model: str) -> Path:
 
 
 def _settings(model: str, folder: Path, preset: str | None) -> dict[str, Any]:
+    """A preset name, a config file (``spts tune``'s ``tuned.json``), the model's own preset, or a derived config."""
+    if preset and preset.endswith(".json"):
+        return {"file": preset}
     name = preset or (model if model in PRESETS else None)
     if name:
         return {"preset": name}
