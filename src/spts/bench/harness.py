@@ -1,4 +1,5 @@
-"""Prefill benchmark: the full model vs SPTS and its ablations, side by side, over prompt lengths.
+"""Prefill benchmark: the full model vs SPTS and its ablations (or any ``spts eval`` methods, peers included),
+side by side, over prompt lengths.
 
 Every method runs on the same model and the same prompt in one process; calls are interleaved
 per repeat after warm-up, and medians are kept (CUDA events on GPU). Rows are appended to a JSONL
@@ -7,7 +8,6 @@ file as they finish, so an interrupted run resumes where it stopped.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import statistics
@@ -25,11 +25,11 @@ import spts
 from spts.adapters import adapter_for
 from spts.bench.timing import time_calls
 from spts.config import SPTSConfig
+from spts.eval.methods import Method, resolve_methods
 from spts.generation import decode_step
 from spts.runtime import cache_nbytes
 from spts.runtime.decode import StaticDecoder
 from spts.runtime.timing import IntervalTimer
-from spts.runtime.transformers_api import output_cache
 
 # Real architectures at real shapes; random weights time them faithfully (no checkpoint needed).
 SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
@@ -77,19 +77,22 @@ def random_model(shape: str, dtype: torch.dtype = torch.float32, device: str = "
     return model.eval()
 
 
-Method = tuple[SPTSConfig | None, str]
+ABLATIONS = "full,pap,pap+ffn,spts,ceiling"
+"""The methods compared by default (``spts bench --methods``): the full model, PAP only, PAP + FFN skipping, the
+whole of SPTS, and the ceiling: SPTS's schedule with free random selection (what it allows at zero probe cost)."""
 
 
 def ablations(config: SPTSConfig) -> dict[str, Method]:
-    """The methods compared: the full model, PAP only, PAP + FFN skipping, the whole of SPTS, and the
-    ceiling: SPTS's schedule with free random selection (what the schedule allows at zero probe cost)."""
-    return {
-        "full": (None, "probe"),
-        "pap": (config.with_(skip_ffn=False, prune=False), "probe"),
-        "pap+ffn": (config.with_(prune=False), "probe"),
-        "spts": (config, "probe"),
-        "ceiling": (config, "random"),
-    }
+    """The default methods for the base ``config``, by name."""
+    return {m.name: m for m in resolve_methods(ABLATIONS, config)}
+
+
+def bench_methods(specs: str, config: SPTSConfig, model: nn.Module) -> list[Method]:
+    """The methods ``specs`` names (as ``spts eval --methods``; peers need ``model``), ``full`` among them."""
+    methods = resolve_methods(specs, config, model)
+    if "full" not in {m.name for m in methods}:
+        raise ValueError("the benchmark compares every method with the full model: add full to the methods")
+    return methods
 
 
 @dataclass(frozen=True)
@@ -114,15 +117,10 @@ class BenchRow:
     """Seconds per layer group (full layers, each stage, the rest) in one extra prefill, not a timed repeat."""
 
 
-def _method_context(model: nn.Module, method: Method, proxies: Any):
-    config, selection = method
-    return spts.enabled(model, config, proxies, selection) if config is not None else contextlib.nullcontext()
-
-
 def _prefill_fn(model: nn.Module, ids: torch.Tensor, method: Method, proxies: Any) -> Callable[[], Any]:
     def run() -> Any:
-        with torch.inference_mode(), _method_context(model, method, proxies):
-            return model(ids, use_cache=True, logits_to_keep=1)
+        with torch.inference_mode(), method.applied(model, proxies):
+            return method.prefill(model, ids)
 
     return run
 
@@ -133,7 +131,6 @@ def _measure_once(
     """Of one extra, untimed call: cache size, probe share, peak memory, and the prefill split by layer group
     (the base ``config``'s groups for every method alike, plus embedding, final norm and LM head) from
     timers hooked around each decoder layer."""
-    method_config, _ = method
     device = ids.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -146,13 +143,13 @@ def _measure_once(
         handles.append(layer.register_forward_hook(lambda *_, t=timer: t.stop()))
     total = IntervalTimer(device)
     try:
-        with torch.inference_mode(), _method_context(model, method, proxies):
+        with torch.inference_mode(), method.applied(model, proxies):
             total.start()
-            out = model(ids, use_cache=True, logits_to_keep=1)
+            _, cache = method.prefill(model, ids)
             total.stop()
-            if method_config is not None:
-                stats = spts.last_stats(model)
-                probe_share, kv_fraction = stats.probe_time_share, stats.kv_fraction
+            kv_fraction = method.kv_fraction(model, cache, ids.shape[-1])
+            if method.config is not None:
+                probe_share = spts.last_stats(model).probe_time_share
     finally:
         for handle in handles:
             handle.remove()
@@ -160,7 +157,7 @@ def _measure_once(
     groups = {name: sum(timers[i].seconds() for i in members) for name, members in _layer_groups(config, len(layers))}
     groups["embedding, norm, LM head"] = max(0.0, total.seconds() - sum(groups.values()))
     return {
-        "kv_cache_bytes": cache_nbytes(output_cache(out)),
+        "kv_cache_bytes": cache_nbytes(cache),
         "kv_fraction": kv_fraction,
         "probe_time_share": probe_share,
         "peak_memory_bytes": peak,
@@ -194,13 +191,12 @@ def _generation_timepoints(
         else:
             marks[n] = time.perf_counter()
 
-    with torch.inference_mode(), _method_context(model, method, proxies):
+    with torch.inference_mode(), method.applied(model, proxies):
         if cuda:
             torch.cuda.synchronize(ids.device)
         mark(0)
-        out = model(ids, use_cache=True, logits_to_keep=1)
-        token = out.logits[:, -1].argmax(-1, keepdim=True)
-        cache = output_cache(out)
+        logits, cache = method.prefill(model, ids)
+        token = logits.argmax(-1, keepdim=True)
         mark(1)
         if not static:
             step = decode_step(model, cache, new_tokens, fast=False)
@@ -241,8 +237,11 @@ def run_bench(
     progress: bool = True,
     decode: bool = True,
     static_decode: bool = True,
+    methods: Sequence[Method] | None = None,
 ) -> list[BenchRow]:
-    """Time every method of :func:`ablations` at every length; append rows to ``out_dir/rows.jsonl``.
+    """Time every method (default: :func:`ablations` of ``config``; else ``spts eval`` methods, see
+    :func:`spts.eval.resolve_methods`, ``full`` among them as the baseline) at every length; append rows to
+    ``out_dir/rows.jsonl``.
 
     Per method: TTFT (prefill with ``logits_to_keep=1``, interleaved repeats, median); with ``decode``,
     ``repeats`` greedy generations of 128 tokens giving E2E latency to tokens 16 and 128 and decode
@@ -257,9 +256,11 @@ def run_bench(
         for line in jsonl.read_text().splitlines():
             row = BenchRow(**json.loads(line))
             done[(row.length, row.method)] = row
-    methods = ablations(config)
+    methods = {m.name: m for m in methods} if methods else ablations(config)
+    if "full" not in methods:
+        raise ValueError("the benchmark compares every method with the full model: add full to the methods")
     # LTP proxies are loaded, checked and moved once, not inside every timed call.
-    scorers = {name: spts.ffn_scorer(model, m[0], proxies) if m[0] is not None else None for name, m in methods.items()}
+    scorers = {name: spts.ffn_scorer(model, m.config, proxies) if m.config else None for name, m in methods.items()}
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     for length in tqdm(lengths, desc="lengths", disable=not progress):

