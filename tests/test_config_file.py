@@ -81,9 +81,9 @@ def test_the_commands_preset_option_takes_a_preset_or_a_config_file_and_refuses_
     assert base_config("smollm2-135m", "some-model", model) == SPTSConfig.preset("smollm2-135m")
     assert base_config(None, "smollm2-135m", model) == SPTSConfig.preset("smollm2-135m")
     assert base_config(None, "some-model", model) == SPTSConfig.for_model(model)
-    with pytest.raises(typer.BadParameter, match="--preset no-such-preset: .*no-such-preset"):
+    with pytest.raises(typer.BadParameter, match=r"--preset no-such-preset: .*no-such-preset"):
         base_config("no-such-preset", "some-model", model)
     with pytest.raises(typer.BadParameter, match="made for another model"):
         base_config(str(path), "some-model", tiny_model("llama", num_hidden_layers=8))
-    with pytest.raises(typer.BadParameter, match="missing.json"):
+    with pytest.raises(typer.BadParameter, match=r"missing\.json"):
         base_config(str(tmp_path / "missing.json"), "some-model", model)
