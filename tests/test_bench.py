@@ -22,7 +22,8 @@ def test_bench_writes_every_figure_for_every_method_and_length(tmp_path):
     for row in rows:
         assert row.ttft_median_s > 0 and row.speedup > 0 and row.kv_cache_bytes > 0
         assert row.peak_memory_bytes is None  # CPU
-        assert 0 < row.ttft_median_s < row.e2e_16_s < row.e2e_128_s and row.decode_ms_per_token > 0
+        # TTFT and E2E come from separate timed runs, so only E2E's marks (one generation) are ordered for sure.
+        assert row.ttft_median_s > 0 and 0 < row.e2e_16_s < row.e2e_128_s and row.decode_ms_per_token > 0
         groups = row.layer_group_seconds
         assert list(groups) == [
             "layers 0-1 (full)", "stage 0: layers 2-3", "stage 1: layers 4-5", "embedding, norm, LM head",
@@ -68,7 +69,7 @@ def test_bench_without_decode_timing(tmp_path):
 def test_bench_decoding_through_the_model_own_step(tmp_path):
     rows = run_bench(tiny_model("qwen3"), CONFIG, [64], tmp_path, repeats=1, warmup=0, progress=False,
                      static_decode=False)  # fmt: skip
-    assert all(0 < r.ttft_median_s < r.e2e_16_s < r.e2e_128_s and r.decode_ms_per_token > 0 for r in rows)
+    assert all(r.ttft_median_s > 0 and 0 < r.e2e_16_s < r.e2e_128_s and r.decode_ms_per_token > 0 for r in rows)
 
 
 def test_bench_cli_records_the_full_command(tmp_path):
