@@ -86,3 +86,14 @@ def test_bench_cli_records_the_full_command(tmp_path):
         f"Command: spts bench --model smollm2-135m --lengths 32 --out {tmp_path} --repeats 1 --warmup 0 "
         "--random-weights --no-ltp --no-decode --static-decode --engine hf --methods full,pap,pap+ffn,spts,ceiling"
     )
+
+
+def test_bench_cli_default_methods_are_the_harness_ablations_and_vllm_refuses_others(tmp_path):
+    from typer.testing import CliRunner
+
+    from spts.bench.harness import ABLATIONS
+    from spts.cli import BENCH_METHODS, app
+
+    assert BENCH_METHODS == ABLATIONS
+    result = CliRunner().invoke(app, ["bench", "--engine", "vllm", "--methods", "full,spts", "--out", str(tmp_path)])
+    assert result.exit_code != 0 and "--methods applies to --engine hf" in result.output

@@ -27,6 +27,7 @@ from spts.machine import machine, run_context
 
 app = typer.Typer(help="Self-predictive token skipping for long-context transformers inference.", no_args_is_help=True)
 console = Console()
+BENCH_METHODS = "full,pap,pap+ffn,spts,ceiling"  # spts.bench.harness.ABLATIONS, without importing torch here
 
 
 @app.callback()
@@ -230,10 +231,10 @@ def bench(
     engine: Annotated[str, typer.Option(help="hf, or vllm: stock vLLM vs vLLM+SPTS (needs spts[vllm])")] = "hf",
     methods: Annotated[
         str, typer.Option(help="comma-separated, as spts eval --methods (peers: docs/peers.md); full among them")
-    ] = "full,pap,pap+ffn,spts,ceiling",
+    ] = BENCH_METHODS,
 ) -> None:
     """TTFT, E2E latency and decode speed of the full model vs SPTS, its ablations and peers (resumable)."""
-    if engine == "vllm" and methods != "full,pap,pap+ffn,spts,ceiling":
+    if engine == "vllm" and methods != BENCH_METHODS:
         raise typer.BadParameter("--methods applies to --engine hf; --engine vllm compares stock vLLM and vLLM+SPTS")
     if engine == "vllm":  # stock vLLM vs vLLM+SPTS (docs/vllm.md): lengths, preset, out and repeats apply
         from spts.integrations.vllm.bench import bench_vllm

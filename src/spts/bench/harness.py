@@ -12,7 +12,7 @@ import itertools
 import json
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -90,9 +90,13 @@ def ablations(config: SPTSConfig) -> dict[str, Method]:
 def bench_methods(specs: str, config: SPTSConfig, model: nn.Module) -> list[Method]:
     """The methods ``specs`` names (as ``spts eval --methods``; peers need ``model``), ``full`` among them."""
     methods = resolve_methods(specs, config, model)
-    if "full" not in {m.name for m in methods}:
-        raise ValueError("the benchmark compares every method with the full model: add full to the methods")
+    _require_baseline(m.name for m in methods)
     return methods
+
+
+def _require_baseline(names: Iterable[str]) -> None:
+    if "full" not in set(names):
+        raise ValueError("the benchmark compares every method with the full model: add full to the methods")
 
 
 @dataclass(frozen=True)
@@ -257,8 +261,7 @@ def run_bench(
             row = BenchRow(**json.loads(line))
             done[(row.length, row.method)] = row
     methods = {m.name: m for m in methods} if methods else ablations(config)
-    if "full" not in methods:
-        raise ValueError("the benchmark compares every method with the full model: add full to the methods")
+    _require_baseline(methods)
     # LTP proxies are loaded, checked and moved once, not inside every timed call.
     scorers = {name: spts.ffn_scorer(model, m.config, proxies) if m.config else None for name, m in methods.items()}
     device = next(model.parameters()).device

@@ -68,7 +68,9 @@ class GemFilter:
 
     def select(self, model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
         """Pass 1: the kept positions (B, k), ascending, of each row of ``ids`` (B, T)."""
-        adapter = self._adapter(model)
+        return self._select(model, self._adapter(model), ids)
+
+    def _select(self, model: nn.Module, adapter: DecoderAdapter, ids: torch.Tensor) -> torch.Tensor:
         hidden, (cos, sin) = self._filter_layer_input(model, adapter, ids)
         layer = adapter.layers()[self.filter_layer]
         with torch.inference_mode():
@@ -85,11 +87,11 @@ class GemFilter:
 
     def prefill(self, model: nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, Any]:
         """Both passes (TTFT counts both): last-position logits (B, vocab) and pass 2's cache of k tokens per layer."""
-        self._adapter(model)
+        adapter = self._adapter(model)
         with torch.inference_mode():
             prompt = ids
             if kept_tokens(self.keep, ids.shape[-1]) < ids.shape[-1]:  # keeping every token needs no filter pass
-                prompt = ids.gather(1, self.select(model, ids))
+                prompt = ids.gather(1, self._select(model, adapter, ids))
             out = model(prompt, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1], output_cache(out)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from spts.config import PRESETS, SPTSConfig
+from spts.integrations.vllm.settings import engine_arguments, named_settings
 from spts.machine import machine
 
 
@@ -30,11 +31,9 @@ def _model_folder(model: str) -> Path:
 
 def _settings(model: str, folder: Path, preset: str | None) -> dict[str, Any]:
     """A preset name, a config file (``spts tune``'s ``tuned.json``), the model's own preset, or a derived config."""
-    if preset and preset.endswith(".json"):
-        return {"file": preset}
     name = preset or (model if model in PRESETS else None)
     if name:
-        return {"preset": name}
+        return named_settings(name)
     from transformers import AutoConfig
 
     config = SPTSConfig.for_model(AutoConfig.from_pretrained(folder))
@@ -59,7 +58,6 @@ def bench_vllm(
     from spts.data.haystack import build_needle_prompt, prompt_input_ids
 
     from .models import spts_report
-    from .settings import engine_arguments
 
     folder = _model_folder(model)
     tokenizer = AutoTokenizer.from_pretrained(folder)

@@ -67,6 +67,11 @@ class VLLMSettings:
     min_prompt_tokens: int = DEFAULT_MIN_PROMPT_TOKENS
 
 
+def named_settings(name: str) -> dict[str, Any]:
+    """The ``"spts"`` object for a preset name or a config file path (``.json``), as ``spts.enable`` takes them."""
+    return {"file": name} if name.endswith(".json") else {"preset": name}
+
+
 def raw_settings(vllm_config: Any) -> dict[str, Any] | None:
     """The ``"spts"`` object of the deployment (additional_config first, then ``$SPTS_VLLM_CONFIG``), or None."""
     additional = getattr(vllm_config, "additional_config", None) or {}
@@ -84,8 +89,8 @@ def raw_settings(vllm_config: Any) -> dict[str, Any] | None:
         origin = f"${ENV_VAR} ({path})"
     else:
         return None
-    if isinstance(raw, str):  # a preset name or a config file path, as spts.enable takes
-        raw = {"file": raw} if raw.endswith(".json") else {"preset": raw}
+    if isinstance(raw, str):
+        raw = named_settings(raw)
     if not isinstance(raw, dict):
         raise SPTSVLLMConfigError(f"{origin} must be an object such as {{'preset': 'smollm2-135m'}}, got {raw!r}")
     unknown = sorted(set(raw) - set(_OPTIONS))
