@@ -65,6 +65,19 @@ def test_invalid_files_say_what_is_wrong(tmp_path, content, message):
         SPTSConfig.from_file(path)
 
 
+def test_a_name_is_a_config_file_when_it_is_a_path_or_ends_in_json(tmp_path):
+    from spts.config import is_config_file
+
+    path = CONFIG.to_file(tmp_path / "tuned.json")
+    assert SPTSConfig.named(path) == SPTSConfig.named(str(path)) == CONFIG
+    assert SPTSConfig.named("smollm2-135m") == SPTSConfig.preset("smollm2-135m")
+    assert is_config_file(tmp_path / "tuned.cfg") and not is_config_file("tuned")
+    with pytest.raises(ConfigFileError, match=r"no SPTS config file at .*tuned\.cfg"):
+        SPTSConfig.named(tmp_path / "tuned.cfg")
+    with pytest.raises(ValueError, match="unknown preset 'tuned'"):
+        SPTSConfig.named("tuned")
+
+
 def test_a_missing_file_is_named(tmp_path):
     with pytest.raises(ConfigFileError, match=r"no SPTS config file at .*missing\.json"):
         spts.enable(tiny_model("llama"), tmp_path / "missing.json")

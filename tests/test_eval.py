@@ -207,6 +207,14 @@ def test_methods_resolve_ablations_and_budget_levels():
     assert resolve_methods("spts", BASE.with_(name="renamed"))[0].fingerprint == methods["spts"].fingerprint
 
 
+def test_derived_is_the_papers_schedule_at_the_models_depth():
+    model = tiny_model("llama", num_hidden_layers=12)
+    [method] = resolve_methods("derived", BASE, model)
+    assert method.name == "derived" and method.config == SPTSConfig.for_model(model)
+    with pytest.raises(ValueError, match="'derived' follows the model's depth"):
+        resolve_methods("derived", BASE)
+
+
 def test_selection_variants_resolve_on_top_of_a_budget_level():
     [method] = resolve_methods("spts@2+kvc+max+sinks4+recent16+acc+window8", BASE)
     assert method.name == "spts@2+kvc+max+sinks4+recent16+acc+window8"

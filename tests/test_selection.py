@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spts.policies import attention_probe_scores, pool_scores, top_tokens
+from conftest import FAMILIES, tiny_model
+from spts.adapters import adapter_for
+from spts.policies import attention_probe_scores, pool_scores, probe_layer_input, top_tokens
 
 
 @settings(deadline=None, max_examples=60)
@@ -51,3 +54,28 @@ def test_pooling_lets_neighbours_share_a_peak():
     pooled = pool_scores(scores, 5)
     assert torch.equal(pooled, torch.tensor([[0.1, 0.1, 0.9, 0.9, 0.9, 0.9, 0.9, 0.2, 0.2]]))
     assert torch.equal(pool_scores(scores, 1), scores)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize(("probe_tokens", "aggregation"), [(1, "mean"), (3, "mean"), (3, "max")])
+def test_probe_layer_input_matches_the_models_attention(family, probe_tokens, aggregation):
+    """The analysis probe equals the unmodified model's eager attention probabilities of the last tokens."""
+    model = tiny_model(family, attn="eager")
+    adapter = adapter_for(model)
+    layer_idx = 2
+    seen = {}
+
+    def record(module, args, kwargs):
+        seen["hidden"] = (args[0] if args else kwargs["hidden_states"]).clone()
+        seen["position_embeddings"] = kwargs["position_embeddings"]
+
+    handle = adapter.layers()[layer_idx].register_forward_pre_hook(record, with_kwargs=True)
+    ids = torch.randint(0, 97, (1, 20), generator=torch.Generator().manual_seed(3))
+    attentions = model(ids, output_attentions=True).attentions[layer_idx]  # (1, heads, 20, 20)
+    handle.remove()
+    scores = probe_layer_input(
+        adapter, adapter.layers()[layer_idx], seen["hidden"], seen["position_embeddings"], probe_tokens, aggregation
+    )
+    per_head = attentions[:, :, -probe_tokens:].float().mean(dim=2)
+    expected = per_head.mean(dim=1) if aggregation == "mean" else per_head.amax(dim=1)
+    torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-6)

@@ -15,7 +15,7 @@ def base_config(preset: str | None, model: str, lm):
     try:
         if name is None:
             return SPTSConfig.for_model(lm)
-        return SPTSConfig.from_file(name, lm) if name.endswith(".json") else SPTSConfig.preset(name)
+        return SPTSConfig.named(name, lm)
     except (OSError, ValueError) as error:
         raise typer.BadParameter(f"--preset {name}: {error}") from None
 

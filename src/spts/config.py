@@ -132,6 +132,15 @@ class SPTSConfig:
             raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}") from None
 
     @classmethod
+    def named(cls, name: str | os.PathLike, model: Any = None) -> SPTSConfig:
+        """A preset name, or a config file (a path object, or a string ending in ``.json``: see
+        :func:`is_config_file`) checked against ``model`` when given. Every entry point that takes either
+        (``spts.enable``, ``--preset``, vLLM settings) resolves names through this rule."""
+        if isinstance(name, os.PathLike) or is_config_file(name):
+            return cls.from_file(name, model)
+        return cls.preset(name)
+
+    @classmethod
     def for_model(cls, model_or_config: Any, reference: str = "qwen2.5-7b") -> SPTSConfig:
         """Derive a config for any supported model from one of the paper's schedules.
 
@@ -318,3 +327,8 @@ PRESET_SHAPES: dict[str, tuple[int, int]] = {
     "smollm2-135m": (30, 8192),
 }
 """(layers, context window) of each preset's model, used to scale presets to other models."""
+
+
+def is_config_file(name: str | os.PathLike) -> bool:
+    """Whether a name that may also be a preset names a config file: a path object or a ``.json`` path."""
+    return isinstance(name, os.PathLike) or str(name).endswith(".json")

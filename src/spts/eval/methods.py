@@ -5,6 +5,8 @@ named on the command line by short specs, resolved against a base SPTS config:
 
 * ``full``: the unmodified model;
 * ``spts``: the base config; ``spts@0.5``: its budgets scaled by 0.5 (any factor > 0);
+* ``derived``: the paper's schedule carried to the model's depth and context (:meth:`SPTSConfig.for_model`), what
+  a user without a preset or a tuned schedule starts from (needs the model);
 * ``pap``: attention probing only (FFN runs on every candidate, no pruning);
 * ``pap+ffn``: PAP and FFN skipping, no pruning (``spts`` adds MSDP);
 * ``ceiling``: the base schedule with random selection (the speed bound; not meant to answer well);
@@ -177,6 +179,10 @@ def resolve_method(spec: str, base: SPTSConfig, model: Any = None) -> Method:
         return Method("full")
     if spec == "spts":
         return Method("spts", base)
+    if spec == "derived":
+        if model is None:
+            raise ValueError("method 'derived' follows the model's depth and context; resolve it with the model")
+        return Method("derived", SPTSConfig.for_model(model))
     if spec == "pap":
         return Method("pap", base.with_(skip_ffn=False, prune=False))
     if spec == "pap+ffn":
@@ -192,7 +198,8 @@ def resolve_method(spec: str, base: SPTSConfig, model: Any = None) -> Method:
             raise ValueError(f"method {spec!r}: the budget scale after '@' must be a positive number, e.g. spts@0.5")
         return Method(f"spts@{factor:g}", scale_budgets(base, factor))
     raise ValueError(
-        f"unknown method {spec!r}; use full, spts, spts@<scale>, pap, pap+ffn, ceiling, spts[@<scale>]+<variant>, "
+        f"unknown method {spec!r}; use full, spts, spts@<scale>, derived, pap, pap+ffn, ceiling, "
+        "spts[@<scale>]+<variant>, "
         f"a config file (file:<path>, <path>.json or <name>=<path>.json), or a peer: {PEER_SYNTAX}"
     )
 

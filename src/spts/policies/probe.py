@@ -53,8 +53,10 @@ def pool_scores(scores: torch.Tensor, kernel: int) -> torch.Tensor:
     return torch.nn.functional.max_pool1d(scores[:, None], kernel, stride=1, padding=kernel // 2)[:, 0]
 
 
-def probe_layer_input(adapter, layer, hidden: torch.Tensor, position_embeddings) -> torch.Tensor:
-    """PAP scores (B, n) of every token of a full layer input, probed by the last token's query.
+def probe_layer_input(
+    adapter, layer, hidden: torch.Tensor, position_embeddings, probe_tokens: int = 1, head_aggregation: str = "mean"
+) -> torch.Tensor:
+    """PAP scores (B, n) of every token of a full layer input, probed by the last ``probe_tokens`` tokens' queries.
 
     For analysis (fidelity reports, attention studies) on the unmodified model; the skipping
     prefill computes the same scores over its candidates, reusing the keys for attention.
@@ -62,5 +64,8 @@ def probe_layer_input(adapter, layer, hidden: torch.Tensor, position_embeddings)
     cos, sin = position_embeddings
     normed = adapter.input_norm(layer, hidden)
     keys = adapter.keys(layer, normed, cos, sin)
-    query = adapter.queries(layer, normed[:, -1:], cos[:, -1:], sin[:, -1:])
-    return attention_probe_scores(query, keys, adapter.attention(layer).scaling)
+    n_tokens = hidden.shape[1]
+    n_probe = min(probe_tokens, n_tokens)
+    query = adapter.queries(layer, normed[:, -n_probe:], cos[:, -n_probe:], sin[:, -n_probe:])
+    offsets = torch.arange(n_tokens - n_probe, n_tokens, device=hidden.device) if n_probe > 1 else None
+    return attention_probe_scores(query, keys, adapter.attention(layer).scaling, offsets, head_aggregation)

@@ -259,10 +259,8 @@ def enable(
     Enabling an already enabled model replaces its config. Generation then decodes from the
     per-layer compressed cache; :func:`disable` restores the original behaviour exactly.
     """
-    if isinstance(config, str | os.PathLike) and str(config).endswith(".json"):
-        config = SPTSConfig.from_file(config, model)
-    elif isinstance(config, str):
-        config = SPTSConfig.preset(config)
+    if isinstance(config, str | os.PathLike):
+        config = SPTSConfig.named(config, model)
     adapter = adapter_for(model)
     if config is None:
         config = SPTSConfig.for_model(model)

@@ -23,7 +23,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from spts.config import SPTSConfig
+from spts.config import SPTSConfig, is_config_file
 from spts.errors import SPTSError
 
 ENV_VAR = "SPTS_VLLM_CONFIG"
@@ -69,7 +69,7 @@ class VLLMSettings:
 
 def named_settings(name: str) -> dict[str, Any]:
     """The ``"spts"`` object for a preset name or a config file path (``.json``), as ``spts.enable`` takes them."""
-    return {"file": name} if name.endswith(".json") else {"preset": name}
+    return {"file": name} if is_config_file(name) else {"preset": name}
 
 
 def raw_settings(vllm_config: Any) -> dict[str, Any] | None:
