@@ -308,6 +308,36 @@ def test_run_writes_rows_and_resumes_without_recomputing(tiny_setup, tmp_path, m
     assert len(path.read_text().splitlines()) == 8
 
 
+def test_reusing_the_full_models_prefix_gives_the_same_answers_without_recomputing_it(tiny_setup, tmp_path):
+    model, tokenizer, renderer = tiny_setup
+    methods = resolve_methods("spts,full,fastkv@0.5:L3,gemfilter@0.5:L2,spts@2+acc", BASE, model)
+    samples = _samples(renderer, 2)
+    first_layer_prefills = []
+    # On its MLP: a replayed layer is still called (and its hooks run), but computes nothing.
+    handle = model.model.layers[0].mlp.register_forward_hook(
+        lambda module, args, output: first_layer_prefills.append(args[0].shape[1]) if args[0].shape[1] > 256 else None
+    )
+    try:
+        plain = run_eval(model, tokenizer, samples, methods, tmp_path / "plain", progress=False)
+        calls_plain = len(first_layer_prefills)
+        first_layer_prefills.clear()
+        reused = run_eval(model, tokenizer, samples, methods, tmp_path / "reused", progress=False, reuse_prefix=True)
+    finally:
+        handle.remove()
+    # Per sample, layer 0 runs on the whole prompt for the full model and GemFilter's first pass only.
+    assert (calls_plain, len(first_layer_prefills)) == (5 * len(samples), 2 * len(samples))
+    timing = ("ttft_s", "prefix_reused_s")
+    assert [{k: v for k, v in r.items() if k not in timing} for r in reused] == [
+        {k: v for k, v in r.items() if k not in timing} for r in plain
+    ]
+    assert len({r["prediction"] for r in reused}) > 1
+    for row in reused:
+        replayed = row["method"] in ("spts", "fastkv@0.5:L3", "spts@2+acc")
+        assert ("prefix_reused_s" in row) == replayed
+        if replayed:
+            assert 0 < row["prefix_reused_s"] < row["ttft_s"]
+
+
 def test_resume_refuses_changed_method_or_model(tiny_setup, tmp_path):
     model, tokenizer, renderer = tiny_setup
     samples = _samples(renderer, 1)[:1]

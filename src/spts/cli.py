@@ -290,7 +290,7 @@ def eval_(
     methods: Annotated[
         str,
         typer.Option(
-            help="comma-separated: full, spts, spts@<budget scale>, pap, pap+ffn, ceiling, spts[@s]+<variant> "
+            help="comma-separated: full, spts, spts@<budget scale>, derived, pap, pap+ffn, ceiling, spts[@s]+<variant> "
             "(kvc, cache, max, acc, sinks<N>, recent<N>, window<N>), a config file: <path>.json or "
             "<name>=<path>.json, or a peer: gemfilter[@keep][:L<layer>], fastkv[@keep][:L<layer>], lazyllm[@scale]"
         ),
@@ -309,6 +309,13 @@ def eval_(
     depth: Annotated[float | None, typer.Option(help="fixed answer depth in [0, 1]; default: spread")] = None,
     device: Annotated[str | None, typer.Option(help="cpu or cuda; default: cuda if available")] = None,
     ltp: Annotated[bool, typer.Option(help="LTP FFN proxies for a zoo model (calibrated once, cached)")] = True,
+    reuse_prefix: Annotated[
+        bool,
+        typer.Option(
+            help="SPTS schedules replay the layers below their start from the full model's prefill of each sample "
+            "(same answers, cheaper; their TTFT adds the full model's time for those layers)"
+        ),
+    ] = False,
 ) -> None:
     """Accuracy of the full model vs SPTS configs and ablations on long-context tasks (resumable)."""
     import torch
@@ -352,11 +359,18 @@ def eval_(
             proxies = zoo_proxies(model, lm, tokenizer, progress=False)
     command = command_line(ctx)
     info = {"model": model, "device": device, "dtype": str(dtype), "base_config": config.to_dict()}
-    rows = run_eval(lm, tokenizer, items, chosen, out, renderer=renderer, proxies=proxies, run_info=info)
+    rows = run_eval(
+        lm, tokenizer, items, chosen, out, renderer=renderer, proxies=proxies, run_info=info, reuse_prefix=reuse_prefix
+    )
     header = (
         f"{model}, {device} {run_context(dtype)}; chat template {'on' if renderer.chat else 'off'}; "
         f"base SPTS config {_describe(config, proxies is not None)}. Command: `{command}`"
     )
+    if any("prefix_reused_s" in row for row in rows):
+        header += (
+            "\n\nSome SPTS schedules replayed the layers below their start from the full model's prefill "
+            "(--reuse-prefix): their TTFT is the full model's time for those layers plus their own prefill."
+        )
     write_reports(rows, out, header)
     console.print((out / "table.md").read_text())
 

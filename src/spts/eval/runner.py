@@ -1,11 +1,15 @@
 """Run methods over samples: one prefill (timed) and a greedy reply per sample and method, graded and
 appended to a JSONL file at once, so an interrupted run resumes without recomputing finished samples.
 
-Methods run back to back on each sample, so their TTFTs are measured side by side on the same prompt.
+Methods run back to back on each sample, so their TTFTs are measured side by side on the same prompt. With
+``reuse_prefix``, SPTS schedules replay the layers below their start from the full model's run of the sample
+(:mod:`spts.eval.prefix`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import time
 from collections.abc import Sequence
@@ -19,6 +23,7 @@ from tqdm.auto import tqdm
 import spts
 from spts.eval.methods import Method
 from spts.eval.metrics import score
+from spts.eval.prefix import PrefixRecording, recording, replays, reuse_depth
 from spts.eval.prompts import EvalSample, PromptRenderer
 from spts.generation import greedy_continue
 from spts.jsonl import read_rows
@@ -62,21 +67,44 @@ def _now(device: torch.device) -> float:
 
 
 def run_method(
-    model: nn.Module, tokenizer, ids: torch.Tensor, sample: EvalSample, method: Method, proxies: Any = None
+    model: nn.Module,
+    tokenizer,
+    ids: torch.Tensor,
+    sample: EvalSample,
+    method: Method,
+    proxies: Any = None,
+    *,
+    record: PrefixRecording | None = None,
+    prefix: PrefixRecording | None = None,
 ) -> dict[str, Any]:
-    """One sample under one method: timed prefill, greedy reply from its cache, score."""
+    """One sample under one method: timed prefill, greedy reply from its cache, score.
+
+    ``record`` (the full model only) is filled with its first layers, for SPTS schedules to replay from as their
+    ``prefix`` (:mod:`spts.eval.prefix`)."""
     device = ids.device
+    clock = functools.partial(_now, device)
     with method.applied(model, proxies):
-        start = _now(device)
-        logits, cache = method.prefill(model, ids)
-        ttft = _now(device) - start
+        # Recording or replaying covers the prefill only: decoding runs every layer on the new tokens.
+        with contextlib.ExitStack() as prefill_hooks:
+            started = None
+            if record is not None:
+                if method.config is not None or method.peer is not None:
+                    raise ValueError(f"only the full model records a prefix, not {method.name!r}")
+                started = prefill_hooks.enter_context(recording(model, record, clock))
+            if prefix is not None:
+                prefill_hooks.enter_context(prefix.replaying(model, method))
+            start = clock()
+            if started is not None:
+                started()
+            logits, cache = method.prefill(model, ids)
+            ttft = clock() - start
         kv_fraction = method.kv_fraction(model, cache, int(ids.shape[-1]))
         # The static decoder: the model's own greedy tokens (tested), without its per-step overhead.
         prediction = greedy_continue(
             model, tokenizer, logits, cache, sample.max_new_tokens, stop_at_newline=sample.first_line_only, fast=True
         )
     graded = prediction.lstrip("\n").split("\n")[0] if sample.first_line_only else prediction
-    return {
+    row = {
         "sample_id": sample.sample_id,
         "task": sample.task,
         "index": sample.index,
@@ -92,6 +120,11 @@ def run_method(
         "ttft_s": ttft,
         "kv_fraction": kv_fraction,
     }
+    if prefix is not None:
+        # Its TTFT: the full model's time for the replayed layers on this sample, plus its own prefill.
+        row["prefix_reused_s"] = prefix.prefix_seconds(method)
+        row["ttft_s"] = ttft + row["prefix_reused_s"]
+    return row
 
 
 def run_eval(
@@ -105,11 +138,14 @@ def run_eval(
     proxies: Any = None,
     run_info: dict[str, Any] | None = None,
     progress: bool = True,
+    reuse_prefix: bool = False,
 ) -> list[dict[str, Any]]:
     """Answer every sample with every method; rows go to ``out_dir/samples.jsonl`` as they finish.
 
     Rows already in that file (same sample id and method name) are kept, not recomputed. Resuming with
     a method name whose configuration changed, or another model (``run_info["model"]``), is refused.
+    With ``reuse_prefix``, on a sample the full model still has to answer, SPTS schedules replay the layers below
+    their start from its prefill (same answers; TTFT = the full model's time for those layers + their own).
     Returns the rows of the requested samples and methods, in sample then method order.
     """
     out_dir = Path(out_dir)
@@ -134,9 +170,18 @@ def run_eval(
     with path.open("a", encoding="utf-8") as sink:
         for sample, todo in pending:
             ids = renderer.input_ids(sample).to(device)
+            full = next((m for m in todo if m.config is None and m.peer is None), None)
+            depth = reuse_depth(todo) if reuse_prefix and full is not None else 0
+            recorded = PrefixRecording.empty(sample.sample_id, ids, depth) if depth else None
+            if recorded is not None:  # the full model first: it records what the others replay
+                todo = [full, *(m for m in todo if m is not full)]
             for method in todo:
                 bar.set_postfix_str(f"{sample.sample_id} {method.name}")
-                row = run_method(model, tokenizer, ids, sample, method, scorers[method.name])
+                row = run_method(
+                    model, tokenizer, ids, sample, method, scorers[method.name],
+                    record=recorded if method is full else None,
+                    prefix=recorded if recorded is not None and replays(method) else None,
+                )  # fmt: skip
                 sink.write(json.dumps(row, ensure_ascii=False) + "\n")
                 sink.flush()
                 done[(sample.sample_id, method.name)] = row
