@@ -1,0 +1,122 @@
+"""Retention vs model size: each method's share of the full model's score, against the model's parameter count.
+
+    R=benchmarks/results
+    python benchmarks/size_curve.py --out $R/size_curve_4096 \
+        --run qwen2.5-coder-0.5b=$R/size_qwen2.5-coder-0.5b_4096:$R/size_bench_qwen2.5-coder-0.5b_4096 \
+        --run qwen2.5-coder-1.5b=$R/size_qwen2.5-coder-1.5b_4096:$R/size_bench_qwen2.5-coder-1.5b_4096
+
+Each ``--run MODEL=EVAL_DIR[:BENCH_DIR]`` names a zoo model (or model folder) and the ``spts eval`` folder that
+compared methods on it (``full`` among them; one prompt length); the optional ``spts bench`` folder gives each
+method's TTFT speedup measured side by side (else the eval's paired speedup is used, marked as such). Parameter
+counts come from the model's config (built on the meta device: no weights are loaded). ``benchmarks/size_curve.sh``
+runs the evals, benches and this script. Writes ``rows.json``, ``table.md`` and ``retention_vs_size.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from spts.machine import machine
+
+
+def parameter_count(model: str) -> int:
+    """Parameters of a zoo model or model folder, from its config alone."""
+    from spts.zoo import ZOO, pretrained_path
+
+    folder = pretrained_path(model) if model in ZOO else Path(model)
+    with torch.device("meta"):
+        lm = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder, local_files_only=True))
+    return sum(p.numel() for p in lm.parameters())
+
+
+def read_run(spec: str) -> dict:
+    model, _, dirs = spec.partition("=")
+    if not dirs:
+        raise SystemExit(f"--run {spec!r}: write MODEL=EVAL_DIR[:BENCH_DIR]")
+    eval_dir, _, bench_dir = dirs.partition(":")
+    summary = json.loads((Path(eval_dir) / "summary.json").read_text())
+    lengths = {a["length"] for a in summary["averages"]}
+    if len(lengths) != 1:
+        raise SystemExit(f"{eval_dir} holds lengths {sorted(lengths)}; give one eval folder per length")
+    scores = {a["method"]: a for a in summary["averages"]}
+    if "full" not in scores:
+        raise SystemExit(f"{eval_dir} has no 'full' rows to compare with")
+    bench = {}
+    if bench_dir:
+        rows = json.loads((Path(bench_dir) / "summary.json").read_text())["rows"]
+        bench = {r["method"]: r["speedup"] for r in rows if str(r["length"]) in lengths}
+    full = scores["full"]["score"]
+    methods = []
+    for name, average in scores.items():
+        methods.append({
+            "method": name,
+            "n": average["n"],
+            "score": average["score"],
+            "retention": average["score"] / full if full else float("nan"),
+            "speedup": bench.get(name, average["speedup"]),
+            "speedup_source": "bench" if name in bench else "eval (paired)",
+        })  # fmt: skip
+    return {"model": model, "params": parameter_count(model), "length": lengths.pop(), "eval_dir": eval_dir,
+            "bench_dir": bench_dir or None, "methods": methods}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", action="append", required=True, help="MODEL=EVAL_DIR[:BENCH_DIR], repeatable")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    runs = sorted((read_run(spec) for spec in args.run), key=lambda r: r["params"])
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "rows.json").write_text(json.dumps(runs, indent=2))
+
+    command = "python benchmarks/size_curve.py " + " ".join(f"--run {s}" for s in args.run) + f" --out {args.out}"
+    lines = [
+        "# Retention vs model size",
+        "",
+        f"Built {datetime.now(UTC):%Y-%m-%d} on {machine()} from the eval and bench folders below (their own tables "
+        f"give the machine and date each was measured on). Command: `{command}`",
+        "",
+        "| model | parameters | prompt tokens | method | samples | score | kept of full | TTFT speedup |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        for m in run["methods"]:
+            source = "" if m["speedup_source"] == "bench" else " (eval)"
+            lines.append(
+                f"| {run['model']} | {run['params'] / 1e9:.2f}B | {run['length']} | {m['method']} | {m['n']} | "
+                f"{m['score']:.1f} | {m['retention']:.0%} | {m['speedup']:.2f}x{source} |"
+            )
+    lines += ["", "Sources: " + "; ".join(f"{r['model']}: `{r['eval_dir']}`, `{r['bench_dir']}`" for r in runs)]
+    (args.out / "table.md").write_text("\n".join(lines) + "\n")
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    names = sorted({m["method"] for r in runs for m in r["methods"]} - {"full"})
+    for name in names:
+        points = [(r["params"], m) for r in runs for m in r["methods"] if m["method"] == name]
+        axis.plot([p for p, _ in points], [100 * m["retention"] for _, m in points], marker="o", label=name)
+        for params, m in points:
+            axis.annotate(f"{m['speedup']:.2f}x", (params, 100 * m["retention"]), fontsize=7,
+                          textcoords="offset points", xytext=(4, 4))  # fmt: skip
+    axis.axhline(95, color="grey", linestyle="--", linewidth=0.8)
+    axis.set_xscale("log")
+    axis.set_xlabel("parameters")
+    axis.set_ylabel("score kept, % of the full model")
+    axis.set_title(f"Retention vs size at {runs[0]['length']} tokens (labels: TTFT speedup)")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(args.out / "retention_vs_size.png", dpi=120)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
