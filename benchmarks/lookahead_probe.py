@@ -24,7 +24,7 @@ import torch
 from spts.adapters import adapter_for
 from spts.data.haystack import build_needle_prompt, prompt_input_ids
 from spts.machine import machine
-from spts.policies import pool_scores, probe_layer_input
+from spts.policies import layer_inputs, pool_scores, probe_layer_input
 from spts.zoo import load_pretrained
 
 
@@ -53,20 +53,8 @@ def main() -> None:
         answer = tokenizer(" " + prompt.answer, add_special_tokens=False).input_ids
         start = next(p for p in range(len(ids)) if ids[p : p + len(answer)].tolist() == answer)
         value = torch.arange(start, start + len(answer))
-        inputs: dict[int, tuple[torch.Tensor, tuple]] = {}
-
-        def record(module, a, k, idx, inputs=inputs):
-            if idx >= args.first_layer:
-                inputs[idx] = ((a[0] if a else k["hidden_states"]).clone(), k["position_embeddings"])
-
-        handles = [
-            layer.register_forward_pre_hook(lambda m, a, k, idx=idx: record(m, a, k, idx), with_kwargs=True)
-            for idx, layer in enumerate(layers)
-        ]
+        inputs = layer_inputs(model, ids[None], range(args.first_layer, n_layers))
         with torch.inference_mode():
-            model(ids[None], use_cache=False, logits_to_keep=1)
-            for handle in handles:
-                handle.remove()
             keep = max(1, round(args.budget * len(ids)))
             for source, (hidden, position_embeddings) in inputs.items():
                 for target in range(source, n_layers):

@@ -27,7 +27,7 @@ from spts.adapters import adapter_for
 from spts.eval.prompts import PromptRenderer
 from spts.eval.tasks import generate, resolve_tasks
 from spts.machine import machine
-from spts.policies import pool_scores, probe_layer_input
+from spts.policies import layer_inputs, pool_scores, probe_layer_input
 from spts.tuning.prompts import TUNE_SEED_OFFSET
 from spts.zoo import load_pretrained
 
@@ -76,20 +76,8 @@ def main() -> None:
             if not answer:
                 print(f"{sample.sample_id}: no reference occurs verbatim in the prompt; skipped", flush=True)
                 continue
-            inputs: dict[int, tuple[torch.Tensor, tuple]] = {}
-
-            def record(module, a, k, idx, inputs=inputs):
-                if first <= idx <= last:
-                    inputs[idx] = ((a[0] if a else k["hidden_states"]).clone(), k["position_embeddings"])
-
-            handles = [
-                layer.register_forward_pre_hook(lambda m, a, k, idx=idx: record(m, a, k, idx), with_kwargs=True)
-                for idx, layer in enumerate(layers)
-            ]
+            inputs = layer_inputs(model, ids, range(first, last + 1))
             with torch.inference_mode():
-                model(ids, use_cache=False, logits_to_keep=1)
-                for handle in handles:
-                    handle.remove()
                 n = ids.shape[-1]
                 keep = max(1, round(args.budget * n))
                 value = torch.tensor(answer)

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from conftest import FAMILIES, tiny_model
 from spts.adapters import adapter_for
-from spts.policies import attention_probe_scores, pool_scores, probe_layer_input, top_tokens
+from spts.policies import attention_probe_scores, layer_inputs, pool_scores, probe_layer_input, top_tokens
 
 
 @settings(deadline=None, max_examples=60)
@@ -63,18 +63,11 @@ def test_probe_layer_input_matches_the_models_attention(family, probe_tokens, ag
     model = tiny_model(family, attn="eager")
     adapter = adapter_for(model)
     layer_idx = 2
-    seen = {}
-
-    def record(module, args, kwargs):
-        seen["hidden"] = (args[0] if args else kwargs["hidden_states"]).clone()
-        seen["position_embeddings"] = kwargs["position_embeddings"]
-
-    handle = adapter.layers()[layer_idx].register_forward_pre_hook(record, with_kwargs=True)
     ids = torch.randint(0, 97, (1, 20), generator=torch.Generator().manual_seed(3))
     attentions = model(ids, output_attentions=True).attentions[layer_idx]  # (1, heads, 20, 20)
-    handle.remove()
+    hidden, position_embeddings = layer_inputs(model, ids, [layer_idx])[layer_idx]
     scores = probe_layer_input(
-        adapter, adapter.layers()[layer_idx], seen["hidden"], seen["position_embeddings"], probe_tokens, aggregation
+        adapter, adapter.layers()[layer_idx], hidden, position_embeddings, probe_tokens, aggregation
     )
     per_head = attentions[:, :, -probe_tokens:].float().mean(dim=2)
     expected = per_head.mean(dim=1) if aggregation == "mean" else per_head.amax(dim=1)

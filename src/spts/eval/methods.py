@@ -64,6 +64,11 @@ class Method:
         if self.peer is not None and self.config is not None:
             raise ValueError(f"method {self.name!r}: a peer runs its own prefill; give it no SPTS config")
 
+    @property
+    def unmodified(self) -> bool:
+        """Whether this is the full model: neither an SPTS config nor a peer's prefill."""
+        return self.config is None and self.peer is None
+
     @contextlib.contextmanager
     def applied(self, model: nn.Module, proxies: Any = None) -> Iterator[nn.Module]:
         """The model as this method runs it: SPTS enabled with its config (``proxies``: its FFN scorer), else as is."""

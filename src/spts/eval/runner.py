@@ -88,7 +88,7 @@ def run_method(
         with contextlib.ExitStack() as prefill_hooks:
             started = None
             if record is not None:
-                if method.config is not None or method.peer is not None:
+                if not method.unmodified:
                     raise ValueError(f"only the full model records a prefix, not {method.name!r}")
                 started = prefill_hooks.enter_context(recording(model, record, clock))
             if prefix is not None:
@@ -170,7 +170,7 @@ def run_eval(
     with path.open("a", encoding="utf-8") as sink:
         for sample, todo in pending:
             ids = renderer.input_ids(sample).to(device)
-            full = next((m for m in todo if m.config is None and m.peer is None), None)
+            full = next((m for m in todo if m.unmodified), None)
             depth = reuse_depth(todo) if reuse_prefix and full is not None else 0
             recorded = PrefixRecording.empty(sample.sample_id, ids, depth) if depth else None
             if recorded is not None:  # the full model first: it records what the others replay

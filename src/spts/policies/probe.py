@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 HEAD_AGGREGATIONS = ("mean", "max")
@@ -51,6 +53,31 @@ def attention_probe_scores(
 def pool_scores(scores: torch.Tensor, kernel: int) -> torch.Tensor:
     """Max-pool (B, C) scores over neighbouring candidates, so a token inherits its neighbours' importance."""
     return torch.nn.functional.max_pool1d(scores[:, None], kernel, stride=1, padding=kernel // 2)[:, 0]
+
+
+def layer_inputs(model, input_ids: torch.Tensor, layer_indices) -> dict[int, tuple[torch.Tensor, tuple]]:
+    """What the unmodified ``model`` gives each layer of ``layer_indices`` on ``input_ids``: its hidden states and
+    position embeddings, for :func:`probe_layer_input` in analysis scripts (one forward, no cache)."""
+    from spts.adapters import adapter_for
+
+    wanted = set(layer_indices)
+    inputs: dict[int, tuple[torch.Tensor, tuple]] = {}
+
+    def record(index, module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        inputs[index] = (hidden.clone(), kwargs["position_embeddings"])
+
+    layers = adapter_for(model).layers()
+    handles = [
+        layers[i].register_forward_pre_hook(functools.partial(record, i), with_kwargs=True) for i in sorted(wanted)
+    ]
+    try:
+        with torch.inference_mode():
+            model(input_ids, use_cache=False, logits_to_keep=1)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return inputs
 
 
 def probe_layer_input(
