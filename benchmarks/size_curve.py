@@ -10,6 +10,9 @@ compared methods on it (``full`` among them; one prompt length); the optional ``
 method's TTFT speedup measured side by side (else the eval's paired speedup is used, marked as such). Parameter
 counts come from the model's config (built on the meta device: no weights are loaded). ``benchmarks/size_curve.sh``
 runs the evals, benches and this script. Writes ``rows.json``, ``table.md`` and ``retention_vs_size.png``.
+
+Retention's 95% interval is a paired bootstrap over the eval's samples (the same samples drawn for a method and
+the full model), so a reader can tell a size trend from sampling noise.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -37,6 +41,20 @@ def parameter_count(model: str) -> int:
     with torch.device("meta"):
         lm = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder, local_files_only=True))
     return sum(p.numel() for p in lm.parameters())
+
+
+def retention_interval(eval_dir: Path, method: str, draws: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% paired-bootstrap interval of ``method``'s mean score over the full model's, from the eval's rows."""
+    rows = [json.loads(line) for line in (eval_dir / "samples.jsonl").read_text().splitlines() if line.strip()]
+    by_sample: dict[str, dict[str, float]] = {}
+    for row in rows:
+        by_sample.setdefault(row["sample_id"], {})[row["method"]] = row["score"]
+    pairs = np.array([(s["full"], s[method]) for s in by_sample.values() if "full" in s and method in s])
+    picks = np.random.default_rng(seed).integers(0, len(pairs), size=(draws, len(pairs)))
+    full, other = pairs[picks, 0].mean(1), pairs[picks, 1].mean(1)
+    ratios = np.divide(other, full, out=np.full(draws, np.nan), where=full > 0)
+    low, high = np.nanpercentile(ratios, [2.5, 97.5])
+    return float(low), float(high)
 
 
 def read_run(spec: str) -> dict:
@@ -63,6 +81,7 @@ def read_run(spec: str) -> dict:
             "n": average["n"],
             "score": average["score"],
             "retention": average["score"] / full if full else float("nan"),
+            "retention_95": retention_interval(Path(eval_dir), name),
             "speedup": bench.get(name, average["speedup"]),
             "speedup_source": "bench" if name in bench else "eval (paired)",
         })  # fmt: skip
@@ -86,7 +105,8 @@ def main() -> None:
         f"Built {datetime.now(UTC):%Y-%m-%d} on {machine()} from the eval and bench folders below (their own tables "
         f"give the machine and date each was measured on). Command: `{command}`",
         "",
-        "| model | parameters | prompt tokens | method | samples | score | kept of full | TTFT speedup |",
+        "| model | parameters | prompt tokens | method | samples | score | kept of full (95% interval) "
+        "| TTFT speedup |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:
@@ -94,8 +114,14 @@ def main() -> None:
             source = "" if m["speedup_source"] == "bench" else " (eval)"
             lines.append(
                 f"| {run['model']} | {run['params'] / 1e9:.2f}B | {run['length']} | {m['method']} | {m['n']} | "
-                f"{m['score']:.1f} | {m['retention']:.0%} | {m['speedup']:.2f}x{source} |"
+                f"{m['score']:.1f} | {m['retention']:.0%} ({m['retention_95'][0]:.0%}-{m['retention_95'][1]:.0%}) | "
+                f"{m['speedup']:.2f}x{source} |"
             )
+    lines += [
+        "",
+        "Parameters are counted as the model is loaded (every weight matrix once; a GGUF that stores its output "
+        "matrix apart from the input embedding counts both). The interval is a paired bootstrap over samples.",
+    ]
     lines += ["", "Sources: " + "; ".join(f"{r['model']}: `{r['eval_dir']}`, `{r['bench_dir']}`" for r in runs)]
     (args.out / "table.md").write_text("\n".join(lines) + "\n")
 

@@ -243,6 +243,34 @@ def test_missing_package_says_pip_command(monkeypatch, tmp_path):
     assert not (tmp_path / "models").exists()
 
 
+def test_gguf_dir_replaces_missing_packages(monkeypatch, tmp_path):
+    """A whole GGUF in $SPTS_GGUF_DIR stands in for packages that are not installed; its bytes are still checked."""
+    entry = zoo.ZooEntry(
+        "fake",
+        "",
+        ("spts-no-such-dist-xyz==1.0",),
+        (zoo.ZooPart("spts-no-such-dist-xyz", "x/m.gguf"),),
+        "m.gguf",
+        "llama",
+        1,
+        False,
+        sha256_prefix=hashlib.sha256(b"GGUF ok").hexdigest()[:8],
+    )
+    monkeypatch.setattr(catalogue, "ZOO", {"fake": entry})
+    monkeypatch.setenv("SPTS_GGUF_DIR", str(tmp_path))
+    with pytest.raises(ModuleNotFoundError, match="spts-no-such-dist-xyz"):  # no file there: the packages
+        packages.locate_parts(entry)
+    (tmp_path / "m.gguf").write_bytes(b"GGUF ok")
+    assert zoo.is_installed("fake")
+    assert packages.locate_parts(entry) == [tmp_path / "m.gguf"]
+    packages.check_sha(entry, packages.sha256_of([tmp_path / "m.gguf"]), [tmp_path / "m.gguf"])
+
+    (tmp_path / "m.gguf").write_bytes(b"GGUF tampered")
+    parts = packages.locate_parts(entry)
+    with pytest.raises(RuntimeError, match=r"m\.gguf has sha256 .*unset SPTS_GGUF_DIR"):
+        packages.check_sha(entry, packages.sha256_of(parts), parts)
+
+
 def test_cache_dir_env(monkeypatch, tmp_path):
     monkeypatch.setenv("SPTS_CACHE_DIR", str(tmp_path / "c"))
     assert zoo.cache_dir() == tmp_path / "c"

@@ -153,7 +153,7 @@ def convert_gguf(entry: ZooEntry, parts: list[Path], folder: Path) -> None:
             gguf_dir, gguf_name = work / "gguf", entry.gguf_name
             gguf_dir.mkdir()
             sha = sha256_of(parts, copy_to=gguf_dir / gguf_name)
-        check_sha(entry, sha)
+        check_sha(entry, sha, parts)
 
         out = work / "model"
         with offline():

