@@ -136,7 +136,7 @@ class SPTSConfig:
         """A preset name, or a config file (a path object, or a string ending in ``.json``: see
         :func:`is_config_file`) checked against ``model`` when given. Every entry point that takes either
         (``spts.enable``, ``--preset``, vLLM settings) resolves names through this rule."""
-        if isinstance(name, os.PathLike) or is_config_file(name):
+        if is_config_file(name):
             return cls.from_file(name, model)
         return cls.preset(name)
 
