@@ -216,11 +216,11 @@ def test_derived_is_the_papers_schedule_at_the_models_depth():
 
 
 def test_selection_variants_resolve_on_top_of_a_budget_level():
-    [method] = resolve_methods("spts@2+kvc+max+sinks4+recent16+acc+window8", BASE)
-    assert method.name == "spts@2+kvc+max+sinks4+recent16+acc+window8"
+    [method] = resolve_methods("spts@2+kvc+max+sinks4+recent16+acc+window8+local32", BASE)
+    assert method.name == "spts@2+kvc+max+sinks4+recent16+acc+window8+local32"
     assert method.config == BASE.with_(
         budgets=(1.0, 0.5), kv_complete=True, head_aggregation="max", sink_tokens=4, recent_tokens=16,
-        accumulate_scores=True, probe_tokens=8,
+        accumulate_scores=True, probe_tokens=8, local_window=32,
     )  # fmt: skip
     # A variant at its default changes nothing: the fingerprint of earlier runs stays valid.
     assert BASE.with_(kv_complete=False) == BASE

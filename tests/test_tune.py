@@ -324,6 +324,9 @@ def test_speed_model_fits_and_is_cached(setup, tmp_path):
     config = SPTSConfig(start_layer=2, stage_boundaries=(4,), budgets=(0.5, 0.25))
     assert SPEED.speedup(config.with_(budgets=(0.2, 0.1)), 300) > SPEED.speedup(config, 300) > 1.0
     assert SPEED.speedup(config.with_(start_layer=3), 300) < SPEED.speedup(config, 300)
+    # A local window costs the skipped candidates' projections and their window, more as the window grows.
+    windows = [SPEED.speedup(config.with_(local_window=w), 300) for w in (0, 8, 64, 512)]
+    assert windows == sorted(windows, reverse=True) and len(set(windows)) == 4 and windows[-1] > 1.0
     model, _ = setup
     measured, cached = load_or_measure(tmp_path, model, 128, None, "attention score", repeats=1)
     assert not cached and set(measured.coefficients) == {"attention", "ffn", "probe", "move"}

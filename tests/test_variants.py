@@ -19,8 +19,9 @@ VARIANTS = {
     "accumulate": {"accumulate_scores": True},
     "kv-complete": {"kv_complete": True},
     "cache-skipped": {"cache_skipped": True},
+    "local-window": {"local_window": 8, "local_sinks": 2},
     "all": {"head_aggregation": "max", "sink_tokens": 2, "recent_tokens": 3, "accumulate_scores": True,
-            "kv_complete": True, "probe_tokens": 4},
+            "kv_complete": True, "probe_tokens": 4, "local_window": 5},
 }  # fmt: skip
 
 
@@ -173,3 +174,79 @@ def _layer_kv(cache, layer_idx):
 def test_cache_skipped_with_kv_complete_is_refused():
     with pytest.raises(ValueError, match="kv_complete already caches every candidate"):
         SMALL.with_(kv_complete=True, cache_skipped=True)
+
+
+def _dense_window_attention(queries, keys, values, window, sinks, scaling):
+    """Reference: every query over the keys in (i - window, i] and the first ``sinks``, by a dense masked softmax."""
+    n = queries.shape[2]
+    groups = queries.shape[1] // keys.shape[1]
+    keys, values = keys.repeat_interleave(groups, 1), values.repeat_interleave(groups, 1)
+    i, j = torch.arange(n)[:, None], torch.arange(n)[None, :]
+    visible = (j <= i) & ((j > i - window) | (j < sinks))
+    scores = (queries @ keys.transpose(-1, -2) * scaling).masked_fill(~visible, float("-inf"))
+    return (scores.softmax(-1) @ values).transpose(1, 2)
+
+
+@pytest.mark.parametrize("attn", ATTENTION)
+@pytest.mark.parametrize(("n", "window", "sinks"), [(37, 8, 2), (40, 8, 0), (9, 4, 20), (12, 12, 3), (7, 30, 1)])
+def test_local_attention_matches_a_dense_masked_reference(n, window, sinks, attn):
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    from transformers.models.llama.modeling_llama import eager_attention_forward
+
+    from spts.runtime.local_attention import local_attention
+
+    module = tiny_model("llama", attn).model.layers[0].self_attn  # carries what the attention functions read
+    function = ALL_ATTENTION_FUNCTIONS.get_interface(attn, eager_attention_forward)
+    generator = torch.Generator().manual_seed(n + window)
+    queries = torch.randn(2, 4, n, 16, generator=generator)
+    keys, values = torch.randn(2, 2, n, 16, generator=generator), torch.randn(2, 2, n, 16, generator=generator)
+    ours = local_attention(function, module, queries, keys, values, window, sinks, 0.25)
+    reference = _dense_window_attention(queries, keys, values, window, sinks, 0.25)
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("attn", ATTENTION)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_local_window_updates_the_skipped_candidates_by_their_window(family, attn):
+    """In the first skipping layer every token is a candidate and its input is the full model's. Without
+    local_window the skipped candidates keep their input; with a window spanning the prompt they get exactly the
+    unmodified layer's attention update (and no FFN); a short window gives them another update. The active
+    tokens compute what they compute without it."""
+    model = tiny_model(family, attn)
+    config = SPTSConfig(start_layer=1, stage_boundaries=(3,), budgets=(16, 8), delta=4)
+    ids = _ids(model)
+    layer = model.model.layers[1]
+    seen: dict = {}
+    # The unmodified layer's residual after attention is what its post-attention norm reads.
+    handle = layer.post_attention_layernorm.register_forward_hook(lambda m, args, out: seen.update(full=args[0][0]))
+    model(ids)
+    handle.remove()
+
+    def record(window):
+        def hook(module, args, kwargs, output):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            seen[window] = (hidden[0], (output[0] if isinstance(output, tuple) else output)[0])
+
+        return hook
+
+    for window in (0, 4, PROMPT):
+        with spts.enabled(model, config.with_(local_window=window)):
+            handle = layer.register_forward_hook(record(window), with_kwargs=True)
+            model(ids, use_cache=True)
+            handle.remove()
+            active = spts.last_stats(model).kv_positions[1][0]
+            assert len(active) == 16
+    skipped = torch.ones(PROMPT, dtype=torch.bool)
+    skipped[active] = False
+    layer_input, paper = seen[0]
+    torch.testing.assert_close(paper[skipped], layer_input[skipped], rtol=0, atol=0)
+    torch.testing.assert_close(seen[PROMPT][1][skipped], seen["full"][skipped], rtol=0, atol=1e-5)
+    assert not torch.allclose(seen[4][1][skipped], seen["full"][skipped], atol=1e-3)
+    for window in (4, PROMPT):
+        torch.testing.assert_close(seen[window][1][active], paper[active], rtol=0, atol=1e-5)
+
+
+def test_local_window_is_refused_with_flash_attention():
+    model = tiny_model("llama", attn="flash_attention_2")
+    with pytest.raises(spts.UnsupportedModelError, match="local_window needs an attention mask"):
+        spts.enable(model, SMALL.with_(local_window=16))

@@ -291,7 +291,7 @@ def eval_(
         str,
         typer.Option(
             help="comma-separated: full, spts, spts@<budget scale>, derived, pap, pap+ffn, ceiling, spts[@s]+<variant> "
-            "(kvc, cache, max, acc, sinks<N>, recent<N>, window<N>), a config file: <path>.json or "
+            "(kvc, cache, max, acc, sinks<N>, recent<N>, window<N>, local<N>), a config file: <path>.json or "
             "<name>=<path>.json, or a peer: gemfilter[@keep][:L<layer>], fastkv[@keep][:L<layer>], lazyllm[@scale]"
         ),
     ] = "full,pap,pap+ffn,spts@0.5,spts,spts@2",

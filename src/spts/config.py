@@ -56,6 +56,12 @@ class SPTSConfig:
             candidates' keys and values (from their current residual; the probe already computes their keys)
             are cached too, so decoding sees every candidate of every layer. The prefill computes exactly what
             the paper's does (same logits); decoding costs what kv_complete's does. Implied by kv_complete.
+        local_window: 0 (the paper) leaves the candidates a layer does not select with their state; W > 0 gives
+            them an attention update over the W candidates up to themselves and the first ``local_sinks``
+            candidates (sliding-window attention with sinks, as StreamingLLM), at ``O(W)`` per token instead of
+            the whole prefix. They still skip the FFN unless selected for it, and the cache holds what it holds
+            without this. Costs their query, value and output projections.
+        local_sinks: how many leading candidates the local window of ``local_window`` always includes.
         end_layer: layers ``[end_layer, num_layers)`` run in full again, over every token (None: skipping
             runs to the last layer, as in the paper). For studies of where skipping costs accuracy:
             skipping only ``[start_layer, end_layer)`` measures what that layer range loses.
@@ -76,6 +82,8 @@ class SPTSConfig:
     accumulate_scores: bool = False
     kv_complete: bool = False
     cache_skipped: bool = False
+    local_window: int = 0
+    local_sinks: int = 4
     end_layer: int | None = None
     name: str = field(default="custom", compare=False)
 
@@ -116,6 +124,8 @@ class SPTSConfig:
             raise ValueError(f"head_aggregation must be 'mean' or 'max', got {self.head_aggregation!r}")
         _check_int("sink_tokens", self.sink_tokens, minimum=0)
         _check_int("recent_tokens", self.recent_tokens, minimum=0)
+        _check_int("local_window", self.local_window, minimum=0)
+        _check_int("local_sinks", self.local_sinks, minimum=0)
         for flag in ("skip_attention", "skip_ffn", "prune", "accumulate_scores", "kv_complete", "cache_skipped"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"{flag} must be a bool, got {getattr(self, flag)!r}")

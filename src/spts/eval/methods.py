@@ -131,7 +131,7 @@ _VARIANT_FLAGS = {
     "max": {"head_aggregation": "max"},
     "acc": {"accumulate_scores": True},
 }
-_VARIANT_COUNTS = {"sinks": "sink_tokens", "recent": "recent_tokens", "window": "probe_tokens"}
+_VARIANT_COUNTS = {"sinks": "sink_tokens", "recent": "recent_tokens", "window": "probe_tokens", "local": "local_window"}
 
 
 def _variant_changes(spec: str, variant: str) -> dict:
@@ -143,7 +143,7 @@ def _variant_changes(spec: str, variant: str) -> dict:
             return {field: int(count)}
     raise ValueError(
         f"method {spec!r}: unknown selection variant {variant!r}; "
-        "use kvc, cache, max, acc, sinks<N>, recent<N> or window<N>"
+        "use kvc, cache, max, acc, sinks<N>, recent<N>, window<N> or local<N>"
     )
 
 

@@ -93,6 +93,11 @@ def check_model(adapter: DecoderAdapter, config: SPTSConfig, model: nn.Module) -
             "kv_complete needs an attention mask (active queries over all candidates), which FlashAttention does "
             "not take; load the model with attn_implementation='sdpa' or 'eager', or set kv_complete=False"
         )
+    if config.local_window and model.config._attn_implementation.startswith("flash"):
+        raise UnsupportedModelError(
+            "local_window needs an attention mask (each skipped candidate over its window), which FlashAttention "
+            "does not take; load the model with attn_implementation='sdpa' or 'eager', or set local_window=0"
+        )
     windowed = [i for i in config.skipping_layers(num_layers) if adapter.sliding_window(i)]
     if windowed:
         raise UnsupportedModelError(

@@ -17,6 +17,7 @@ from torch import nn
 from spts.adapters import DecoderAdapter
 from spts.config import SPTSConfig
 from spts.policies import FFNScorer, attention_probe_scores, pool_scores, protected_tokens, top_tokens
+from spts.runtime.local_attention import local_attention
 from spts.runtime.stats import LayerStats, PrefillStats
 
 
@@ -140,26 +141,37 @@ def skipping_prefill(
         state.scores = scores
 
     # Attention of the active tokens, at their original positions, keys reused from the probe: over the
-    # active tokens only (the paper), or over every candidate (kv_complete).
+    # active tokens only (the paper), or over every candidate (kv_complete). With local_window the other
+    # candidates attend over their neighbourhood; without it they keep their state (the paper).
     cached_all = not select_attention or config.kv_complete or config.cache_skipped
+    local_update = None
     if select_attention:
         active = top_tokens(scores, budget, protected)
-        normed_active, cos_a, sin_a = (gather_rows(t, active) for t in (normed, cos, sin))
-        if config.kv_complete:
-            values = adapter.values(layer, normed)
-            mask = _rows_attending_candidates(active, n_candidates, x)
-        elif config.cache_skipped:
-            values = adapter.values(layer, normed)
-            mask = _causal_mask(context.attn_implementation, budget, x)
+        every_value = config.kv_complete or config.cache_skipped or config.local_window > 0
+        values = adapter.values(layer, normed) if every_value else adapter.values(layer, gather_rows(normed, active))
+        if config.local_window:
+            # The candidates left out get an attention update from their neighbourhood instead of none.
+            all_queries = adapter.queries(layer, normed, cos, sin)
+            queries = gather_rows(all_queries, active, dim=2)
+            local_update = local_attention(
+                context.attention_function, attention, all_queries, keys, values,
+                config.local_window, config.local_sinks, attention.scaling,
+            )  # fmt: skip
         else:
-            keys = gather_rows(keys, active, dim=2)
-            values = adapter.values(layer, normed_active)
+            queries = adapter.queries(layer, *(gather_rows(t, active) for t in (normed, cos, sin)))
+        if config.kv_complete:
+            mask = _rows_attending_candidates(active, n_candidates, x)
+        else:
             mask = _causal_mask(context.attn_implementation, budget, x)
+            if not config.cache_skipped:
+                keys = gather_rows(keys, active, dim=2)
+                if every_value:
+                    values = gather_rows(values, active, dim=2)
     else:
-        active, normed_active, cos_a, sin_a = None, normed, cos, sin
+        active = None
         values = adapter.values(layer, normed)
+        queries = adapter.queries(layer, normed, cos, sin)
         mask = _causal_mask(context.attn_implementation, n_candidates, x)
-    queries = adapter.queries(layer, normed_active, cos_a, sin_a)
     if cache is not None:
         keys, values = cache.update(keys, values, layer_idx)
     if select_attention and config.cache_skipped:
@@ -168,8 +180,12 @@ def skipping_prefill(
     attn_out, _ = context.attention_function(
         attention, queries, keys, values, mask, dropout=0.0, scaling=attention.scaling
     )
-    update = adapter.attention_output(layer, attn_out)
-    x = x + update if active is None else scatter_rows(x, active, gather_rows(x, active) + update)
+    if local_update is not None:
+        update = adapter.attention_output(layer, scatter_rows(local_update.flatten(2), active, attn_out.flatten(2)))
+        x = x + update
+    else:
+        update = adapter.attention_output(layer, attn_out)
+        x = x + update if active is None else scatter_rows(x, active, gather_rows(x, active) + update)
 
     # FFN on the tokens the FFN policy ranks highest: ||f(x)|| * S_MHA with LTP proxies, S_MHA without.
     scorer = context.ffn_scorer

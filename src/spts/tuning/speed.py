@@ -57,14 +57,25 @@ class SpeedModel:
         return sum(c * n**i for i, c in enumerate(self.coefficients.get(name, ())))
 
     def attention(
-        self, active: float, candidates: float, kv_complete: bool = False, cache_skipped: bool = False
+        self,
+        active: float,
+        candidates: float,
+        kv_complete: bool = False,
+        cache_skipped: bool = False,
+        local_keys: float = 0.0,
     ) -> float:
         """Attention of ``active`` tokens in a layer whose probe computed keys for ``candidates`` tokens
-        (``kv_complete``: attending over all of them; ``cache_skipped``: values for all of them too)."""
+        (``kv_complete``: attending over all of them; ``cache_skipped``: values for all of them too;
+        ``local_keys`` > 0: every candidate also attends over that many keys of its local window and sinks,
+        so all of them pay every projection)."""
         a = (*self.coefficients.get("attention", ()), 0.0, 0.0, 0.0)
-        extra = self.key_share + (self.value_share if kv_complete or cache_skipped else 0.0)
         attended = candidates if kv_complete else active
-        return a[0] + a[1] * (active + extra * (candidates - active)) + a[2] * active * attended
+        cost = a[0] + a[2] * active * attended
+        if local_keys:
+            # A causal prefill computes about half of its n^2 query-key pairs; a masked window computes all.
+            return cost + a[1] * candidates + 2 * a[2] * candidates * min(local_keys, candidates / 2)
+        extra = self.key_share + (self.value_share if kv_complete or cache_skipped else 0.0)
+        return cost + a[1] * (active + extra * (candidates - active))
 
     def full_layer(self, n: float) -> float:
         return self.attention(n, n) + self.part("ffn", n)
@@ -76,12 +87,20 @@ class SpeedModel:
             return costs
         kv_complete = bool(getattr(config, "kv_complete", False))
         cache_skipped = bool(getattr(config, "cache_skipped", False))
+        window = int(getattr(config, "local_window", 0))
+        local_keys = getattr(config, "local_sinks", 0) + 2 * window if window else 0
         for idx, plan in plan_layers(config, self.num_layers, length).items():
             n_cand, budget = plan.candidates, plan.budget
             select_attention = config.skip_attention and budget < n_cand
             select_ffn = config.skip_ffn and budget < n_cand
             active = budget if select_attention else n_cand
-            cost = self.attention(active, n_cand, kv_complete and select_attention, cache_skipped and select_attention)
+            cost = self.attention(
+                active,
+                n_cand,
+                kv_complete and select_attention,
+                cache_skipped and select_attention,
+                local_keys if select_attention else 0,
+            )
             cost += self.part("ffn", budget if select_ffn else n_cand)
             if select_attention or select_ffn or plan.scores_needed_next:
                 cost += self.part("probe", n_cand)
