@@ -88,16 +88,16 @@ def check_model(adapter: DecoderAdapter, config: SPTSConfig, model: nn.Module) -
             "chunked prefill (generation_config.prefill_chunk_size) is not supported: the probe needs the whole "
             "prompt's last token; set prefill_chunk_size=None"
         )
-    if config.kv_complete and model.config._attn_implementation.startswith("flash"):
-        raise UnsupportedModelError(
-            "kv_complete needs an attention mask (active queries over all candidates), which FlashAttention does "
-            "not take; load the model with attn_implementation='sdpa' or 'eager', or set kv_complete=False"
-        )
-    if config.local_window and model.config._attn_implementation.startswith("flash"):
-        raise UnsupportedModelError(
-            "local_window needs an attention mask (each skipped candidate over its window), which FlashAttention "
-            "does not take; load the model with attn_implementation='sdpa' or 'eager', or set local_window=0"
-        )
+    masked = {
+        "kv_complete": (config.kv_complete, "active queries over all candidates", False),
+        "local_window": (config.local_window, "each skipped candidate over its window", 0),
+    }
+    for option, (value, why, off) in masked.items():
+        if value and model.config._attn_implementation.startswith("flash"):
+            raise UnsupportedModelError(
+                f"{option} needs an attention mask ({why}), which FlashAttention does not take; load the model "
+                f"with attn_implementation='sdpa' or 'eager', or set {option}={off}"
+            )
     windowed = [i for i in config.skipping_layers(num_layers) if adapter.sliding_window(i)]
     if windowed:
         raise UnsupportedModelError(
