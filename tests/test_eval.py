@@ -25,9 +25,11 @@ from spts.eval import (
     longbench_samples,
     resolve_methods,
     run_eval,
+    summarize,
     write_reports,
 )
 from spts.eval import runner as runner_module
+from spts.eval.report import markdown
 from spts.eval.tasks import insert_at_depths, resolve_tasks, sample_depth
 from test_zoo_haystack import _tiny_tokenizer
 
@@ -326,7 +328,7 @@ def test_reusing_the_full_models_prefix_gives_the_same_answers_without_recomputi
         handle.remove()
     # Per sample, layer 0 runs on the whole prompt for the full model and GemFilter's first pass only.
     assert (calls_plain, len(first_layer_prefills)) == (5 * len(samples), 2 * len(samples))
-    timing = ("ttft_s", "prefix_reused_s")
+    timing = ("ttft_s", "prefix_reused_s", "run")
     assert [{k: v for k, v in r.items() if k not in timing} for r in reused] == [
         {k: v for k, v in r.items() if k not in timing} for r in plain
     ]
@@ -336,6 +338,19 @@ def test_reusing_the_full_models_prefix_gives_the_same_answers_without_recomputi
         assert ("prefix_reused_s" in row) == replayed
         if replayed:
             assert 0 < row["prefix_reused_s"] < row["ttft_s"]
+
+
+def test_speedups_pair_only_answers_timed_in_the_same_run(tiny_setup, tmp_path):
+    model, tokenizer, renderer = tiny_setup
+    samples = _samples(renderer, 1)
+    first = run_eval(model, tokenizer, samples, resolve_methods("full,spts", BASE), tmp_path, progress=False)
+    # A later run adds a method to the same folder: the full model's rows are kept from the first run.
+    rows = run_eval(model, tokenizer, samples, resolve_methods("full,spts,pap", BASE), tmp_path, progress=False)
+    assert rows[:2] == first[:2] and rows[2]["run"] != rows[0]["run"] == rows[1]["run"]
+    averages = {a["method"]: a for a in summarize(rows)["averages"]}
+    assert averages["spts"]["speedup"] > 0 and averages["pap"]["speedup"] is None
+    table = markdown(summarize(rows))
+    assert "| TTFT speedup | | 1.00x | " in table and table.split("| TTFT speedup |")[1].split("\n")[0].endswith(" - |")
 
 
 def test_resume_refuses_changed_method_or_model(tiny_setup, tmp_path):

@@ -8,6 +8,7 @@ import torch
 import spts
 from conftest import FAMILIES, family_module, tiny_model
 from spts import SPTSConfig
+from spts.runtime.transformers_api import model_cache_argument
 
 SMALL = SPTSConfig(start_layer=1, stage_boundaries=(3, 5), budgets=(24, 12, 6), delta=3)
 PROMPT = 48
@@ -136,7 +137,7 @@ def test_decode_step_attention_matches_naive_reference(family, attn):
         prefill = model(ids, use_cache=True)
         cache = prefill.past_key_values
         next_token = prefill.logits[:, -1:].argmax(-1)
-        model(next_token, past_key_values=cache, use_cache=True)
+        model(next_token, use_cache=True, **{model_cache_argument(model): cache})
     for handle in handles:
         handle.remove()
 
@@ -169,7 +170,9 @@ def test_generate_greedy_and_sampling_on_compressed_cache(family):
         cache, tokens = out.past_key_values, [out.logits[:, -1].argmax(-1, keepdim=True)]
         for _ in range(5):
             tokens.append(
-                model(tokens[-1], past_key_values=cache, use_cache=True).logits[:, -1].argmax(-1, keepdim=True)
+                model(tokens[-1], use_cache=True, **{model_cache_argument(model): cache})
+                .logits[:, -1]
+                .argmax(-1, keepdim=True)
             )
         torch.manual_seed(0)
         sampled = model.generate(ids, max_new_tokens=6, do_sample=True, top_k=20, pad_token_id=0)
@@ -186,7 +189,7 @@ def test_prefix_cache_then_more_tokens_appends_densely():
         ids = _prompt(model, seed=9)
         with spts.enabled(model, SMALL):
             cache = model(ids[:, :40], use_cache=True).past_key_values
-            logits[attn] = model(ids[:, 40:], past_key_values=cache, use_cache=True).logits
+            logits[attn] = model(ids[:, 40:], use_cache=True, **{model_cache_argument(model): cache}).logits
         assert spts.cache_tokens_per_layer(cache) == [PROMPT, 24 + 8, 24 + 8, 12 + 8, 12 + 8, 6 + 8]
     # Eager gets an explicit mask, sliced per layer to that layer's cache; SDPA gets its own mask.
     torch.testing.assert_close(logits["eager"], logits["sdpa"], rtol=1e-4, atol=1e-5)

@@ -18,12 +18,16 @@ def _length(row: Row) -> str:
 
 
 def _speedups(rows: Sequence[Row], reference: str) -> dict[tuple[str, str], float]:
-    """TTFT of ``reference`` over each row's TTFT, keyed by (sample id, method), where both ran."""
-    base = {r["sample_id"]: r["ttft_s"] for r in rows if r["method"] == reference}
+    """TTFT of ``reference`` over each row's TTFT, keyed by (sample id, method), where both ran in the same run.
+
+    Rows copied in from another run (another day, another load on the machine) are not timed side by side with
+    this run's, so they pair only with rows of their own run; rows written before runs were named pair with
+    each other, as they always did."""
+    base = {r["sample_id"]: r for r in rows if r["method"] == reference}
     return {
-        (r["sample_id"], r["method"]): base[r["sample_id"]] / r["ttft_s"]
+        (r["sample_id"], r["method"]): base[r["sample_id"]]["ttft_s"] / r["ttft_s"]
         for r in rows
-        if r["sample_id"] in base and r["ttft_s"] > 0
+        if r["sample_id"] in base and r["ttft_s"] > 0 and r.get("run") == base[r["sample_id"]].get("run")
     }
 
 
@@ -97,7 +101,8 @@ def markdown(summary: dict[str, Any], header: str = "") -> str:
     lines.append(
         "Scores are means over samples (0-100; RULER tasks: fraction of expected strings found, QA: LongBench's "
         "F1). TTFT speedup: median over samples of the full model's prefill time over the method's, measured "
-        "back to back on the same prompt."
+        "back to back on the same prompt in the same run (a dash: never timed in the same run as the full "
+        "model; `spts bench` measures speed)."
     )
     return "\n".join(lines) + "\n"
 

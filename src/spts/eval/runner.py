@@ -12,6 +12,7 @@ import contextlib
 import functools
 import json
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,8 @@ def run_eval(
     a method name whose configuration changed, or another model (``run_info["model"]``), is refused.
     With ``reuse_prefix``, on a sample the full model still has to answer, SPTS schedules replay the layers below
     their start from its prefill (same answers; TTFT = the full model's time for those layers + their own).
+    Every row written here names this call (``"run"``), so that a TTFT is compared only with the full model's
+    on the same sample in the same run (:func:`spts.eval.report.summarize`), never with one timed on another day.
     Returns the rows of the requested samples and methods, in sample then method order.
     """
     out_dir = Path(out_dir)
@@ -166,6 +169,7 @@ def run_eval(
     scorers = {m.name: spts.ffn_scorer(model, m.config, proxies) if m.config else None for m in methods}
     if pending:
         _warm_up(model, renderer, pending[0][0], methods, scorers, device)
+    run_id = uuid.uuid4().hex[:12]
     bar = tqdm(total=sum(len(ms) for _, ms in pending), desc="eval", unit="answer", disable=not progress)
     with path.open("a", encoding="utf-8") as sink:
         for sample, todo in pending:
@@ -182,6 +186,7 @@ def run_eval(
                     record=recorded if method is full else None,
                     prefix=recorded if recorded is not None and replays(method) else None,
                 )  # fmt: skip
+                row["run"] = run_id
                 sink.write(json.dumps(row, ensure_ascii=False) + "\n")
                 sink.flush()
                 done[(sample.sample_id, method.name)] = row
