@@ -8,6 +8,7 @@ import torch
 import spts
 from conftest import ATTENTION, FAMILIES, tiny_model
 from spts import SPTSConfig
+from spts.runtime.transformers_api import output_cache
 
 UNLIMITED = SPTSConfig(start_layer=1, stage_boundaries=(3, 5), budgets=(4096, 4096, 4096), delta=0)
 
@@ -26,7 +27,7 @@ def test_unlimited_budget_matches_unmodified_model(family, attn):
     # The skipping path really ran (not the stock layer forward) in every layer from start_layer.
     assert [layer.stage for layer in stats.layers] == [None, 0, 0, 1, 1, 2]
     torch.testing.assert_close(out.logits, reference.logits, rtol=0, atol=1e-5)
-    for layer_ref, layer_out in zip(reference.past_key_values.layers, out.past_key_values.layers, strict=True):
+    for layer_ref, layer_out in zip(output_cache(reference).layers, output_cache(out).layers, strict=True):
         torch.testing.assert_close(layer_out.keys, layer_ref.keys, rtol=0, atol=1e-5)
         torch.testing.assert_close(layer_out.values, layer_ref.values, rtol=0, atol=1e-5)
     assert torch.equal(model.generate(ids, max_new_tokens=8, do_sample=False), reference_tokens)

@@ -8,7 +8,7 @@ import torch
 import spts
 from conftest import FAMILIES, family_module, tiny_model
 from spts import SPTSConfig
-from spts.runtime.transformers_api import model_cache_argument
+from spts.runtime.transformers_api import model_cache_argument, output_cache
 
 SMALL = SPTSConfig(start_layer=1, stage_boundaries=(3, 5), budgets=(24, 12, 6), delta=3)
 PROMPT = 48
@@ -60,11 +60,11 @@ def test_cache_holds_exactly_the_kept_tokens(family):
         handle.remove()
     expected_counts = [PROMPT, 24, 24, 12, 12, 6]
     assert [layer.kv_tokens for layer in stats.layers] == expected_counts
-    assert spts.cache_tokens_per_layer(out.past_key_values) == expected_counts
+    assert spts.cache_tokens_per_layer(output_cache(out)) == expected_counts
     for layer_idx in range(SMALL.start_layer, 6):
         positions = stats.kv_positions[layer_idx]
         keys, values = _reference_keys_values(model, layer_idx, inputs[layer_idx], positions)
-        cached = out.past_key_values.layers[layer_idx]
+        cached = output_cache(out).layers[layer_idx]
         torch.testing.assert_close(cached.keys, keys, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(cached.values, values, rtol=1e-5, atol=1e-5)
 
@@ -135,7 +135,7 @@ def test_decode_step_attention_matches_naive_reference(family, attn):
     ]
     with spts.enabled(model, SMALL):
         prefill = model(ids, use_cache=True)
-        cache = prefill.past_key_values
+        cache = output_cache(prefill)
         next_token = prefill.logits[:, -1:].argmax(-1)
         model(next_token, use_cache=True, **{model_cache_argument(model): cache})
     for handle in handles:
@@ -167,7 +167,7 @@ def test_generate_greedy_and_sampling_on_compressed_cache(family):
         greedy = model.generate(ids, max_new_tokens=6, do_sample=False, return_dict_in_generate=True, pad_token_id=0)
         # A hand-written decode loop over the same compressed cache gives the same tokens.
         out = model(ids, use_cache=True)
-        cache, tokens = out.past_key_values, [out.logits[:, -1].argmax(-1, keepdim=True)]
+        cache, tokens = output_cache(out), [out.logits[:, -1].argmax(-1, keepdim=True)]
         for _ in range(5):
             tokens.append(
                 model(tokens[-1], use_cache=True, **{model_cache_argument(model): cache})
@@ -178,7 +178,7 @@ def test_generate_greedy_and_sampling_on_compressed_cache(family):
         sampled = model.generate(ids, max_new_tokens=6, do_sample=True, top_k=20, pad_token_id=0)
     assert torch.equal(greedy.sequences[:, PROMPT:], torch.cat(tokens, dim=1))
     # generate's cache: every layer holds what the prefill kept plus the 5 fed-back tokens.
-    assert spts.cache_tokens_per_layer(greedy.past_key_values) == [PROMPT + 5, 29, 29, 17, 17, 11]
+    assert spts.cache_tokens_per_layer(output_cache(greedy)) == [PROMPT + 5, 29, 29, 17, 17, 11]
     assert sampled.shape == (1, PROMPT + 6)
 
 
@@ -188,7 +188,7 @@ def test_prefix_cache_then_more_tokens_appends_densely():
         model = tiny_model("llama", attn)
         ids = _prompt(model, seed=9)
         with spts.enabled(model, SMALL):
-            cache = model(ids[:, :40], use_cache=True).past_key_values
+            cache = output_cache(model(ids[:, :40], use_cache=True))
             logits[attn] = model(ids[:, 40:], use_cache=True, **{model_cache_argument(model): cache}).logits
         assert spts.cache_tokens_per_layer(cache) == [PROMPT, 24 + 8, 24 + 8, 12 + 8, 12 + 8, 6 + 8]
     # Eager gets an explicit mask, sliced per layer to that layer's cache; SDPA gets its own mask.
@@ -204,4 +204,4 @@ def test_layers_from_end_layer_run_in_full_over_every_token():
         out = model(_prompt(model), use_cache=True)
         stats = spts.last_stats(model)
     assert [layer.stage for layer in stats.layers] == [None, 0, 0, 1, 1, None]
-    assert spts.cache_tokens_per_layer(out.past_key_values) == [PROMPT, 24, 24, 12, 12, PROMPT]
+    assert spts.cache_tokens_per_layer(output_cache(out)) == [PROMPT, 24, 24, 12, 12, PROMPT]

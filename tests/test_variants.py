@@ -9,6 +9,7 @@ import spts
 from conftest import ATTENTION, FAMILIES, tiny_model
 from spts import SPTSConfig
 from spts.policies import attention_probe_scores, protected_tokens, top_tokens
+from spts.runtime.transformers_api import output_cache
 
 UNLIMITED = SPTSConfig(start_layer=1, stage_boundaries=(3, 5), budgets=(4096, 4096, 4096), delta=0)
 SMALL = SPTSConfig(start_layer=1, stage_boundaries=(3, 5), budgets=(24, 12, 6), delta=3)
@@ -122,7 +123,7 @@ def test_kv_complete_caches_every_candidate_and_active_rows_see_them_all(family,
         out = model(ids, use_cache=True)
         handle.remove()
         stats = spts.last_stats(model)
-    assert spts.cache_tokens_per_layer(out.past_key_values) == [PROMPT, PROMPT, PROMPT, 12, 12, 12]
+    assert spts.cache_tokens_per_layer(output_cache(out)) == [PROMPT, PROMPT, PROMPT, 12, 12, 12]
     assert stats.kv_tokens == [PROMPT, PROMPT, PROMPT, 12, 12, 12]
     assert [layer.attention_active for layer in stats.layers] == [PROMPT, 16, 16, 8, 8, 8]
     layer_input, spts_output = seen["spts"]
@@ -154,16 +155,16 @@ def test_cache_skipped_prefills_like_the_paper_and_caches_every_candidate(family
     torch.testing.assert_close(out.logits, paper.logits, rtol=0, atol=1e-5)
     assert [s.attention_active for s in stats.layers] == [s.attention_active for s in paper_stats.layers]
     candidates = [layer.candidates for layer in stats.layers]
-    assert spts.cache_tokens_per_layer(out.past_key_values) == candidates == [PROMPT, PROMPT, PROMPT, 15, 15, 9]
-    assert spts.cache_tokens_per_layer(paper.past_key_values) == [PROMPT, 24, 24, 12, 12, 6]
-    for ours, reference in zip(_layer_kv(out.past_key_values, 1), _layer_kv(full.past_key_values, 1), strict=True):
+    assert spts.cache_tokens_per_layer(output_cache(out)) == candidates == [PROMPT, PROMPT, PROMPT, 15, 15, 9]
+    assert spts.cache_tokens_per_layer(output_cache(paper)) == [PROMPT, 24, 24, 12, 12, 6]
+    for ours, reference in zip(_layer_kv(output_cache(out), 1), _layer_kv(output_cache(full), 1), strict=True):
         torch.testing.assert_close(ours, reference, rtol=0, atol=1e-5)
     # The active tokens' entries are the paper's; decoding then sees more than the paper's cache.
     active = stats.kv_positions[1]
     assert torch.equal(active[0], torch.arange(PROMPT))
-    paper_keys = _layer_kv(paper.past_key_values, 1)[0]
+    paper_keys = _layer_kv(output_cache(paper), 1)[0]
     kept = paper_stats.kv_positions[1][0]
-    torch.testing.assert_close(_layer_kv(out.past_key_values, 1)[0][:, :, kept], paper_keys, rtol=0, atol=1e-5)
+    torch.testing.assert_close(_layer_kv(output_cache(out), 1)[0][:, :, kept], paper_keys, rtol=0, atol=1e-5)
 
 
 def _layer_kv(cache, layer_idx):
