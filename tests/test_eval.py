@@ -365,6 +365,27 @@ def test_resume_refuses_changed_method_or_model(tiny_setup, tmp_path):
         run_eval(model, tokenizer, samples, spts_method, tmp_path, run_info={"model": "b"})
 
 
+def test_resume_refuses_rows_that_answered_another_prompt(tiny_setup, tmp_path):
+    model, tokenizer, renderer = tiny_setup
+    methods = resolve_methods("full", BASE)
+    seed0 = build_samples(renderer, "niah_single", [400], n=1, seed=0)
+    seed1 = build_samples(renderer, "niah_single", [400], n=1, seed=1)
+    assert seed0[0].sample_id == seed1[0].sample_id and seed0[0].user != seed1[0].user
+    (row,) = run_eval(model, tokenizer, seed0, methods, tmp_path, renderer=renderer, progress=False)
+    assert row["prompt_sha"] == runner_module.prompt_digest(renderer.input_ids(seed0[0]))
+    with pytest.raises(ResumeError, match="another prompt than this run builds for sample 'niah_single/400/0'"):
+        run_eval(model, tokenizer, seed1, methods, tmp_path, renderer=renderer, progress=False)
+
+    # Rows written before rows named their prompt: resumed when the prompt length agrees, refused when not.
+    path = tmp_path / "samples.jsonl"
+    legacy = {k: v for k, v in row.items() if k != "prompt_sha"}
+    path.write_text(json.dumps(legacy) + "\n")
+    assert run_eval(model, tokenizer, seed0, methods, tmp_path, renderer=renderer, progress=False) == [legacy]
+    path.write_text(json.dumps(legacy | {"prompt_tokens": legacy["prompt_tokens"] - 1}) + "\n")
+    with pytest.raises(ResumeError, match="another prompt"):
+        run_eval(model, tokenizer, seed0, methods, tmp_path, renderer=renderer, progress=False)
+
+
 def test_reports_have_every_figure(tiny_setup, tmp_path):
     model, tokenizer, renderer = tiny_setup
     methods = resolve_methods("full,pap,spts", BASE)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import time
 import uuid
@@ -58,6 +59,30 @@ def _check_methods(rows: Sequence[dict[str, Any]], methods: Sequence[Method]) ->
             raise ResumeError(
                 f"method {row['method']!r} in {ROWS_FILE} was run with another configuration "
                 f"({row['method_fingerprint']} vs {expected} now); use another output folder or method name"
+            )
+
+
+def prompt_digest(ids: torch.Tensor) -> str:
+    """Names the exact token ids a row answered: a sample id alone does not (another --seed, --chat, --depth,
+    tokenizer or data generator version builds another prompt under the same id)."""
+    return hashlib.sha256(ids.detach().to("cpu", torch.int64).numpy().tobytes()).hexdigest()[:16]
+
+
+def _check_prompts(path: Path, done: dict[tuple[str, str], dict[str, Any]], prompts: dict[str, torch.Tensor]) -> None:
+    """Refuses to resume when a finished row answered another prompt than this run builds for its sample id, so
+    answers to different prompts are never averaged or paired as if they were one. Rows written before rows named
+    their prompt are checked on their prompt length only."""
+    for (sample_id, method), row in done.items():
+        ids = prompts.get(sample_id)
+        if ids is None:
+            continue
+        recorded = row.get("prompt_sha")
+        same = recorded == prompt_digest(ids) if recorded is not None else row["prompt_tokens"] == ids.shape[-1]
+        if not same:
+            raise ResumeError(
+                f"{path} holds an answer of {method!r} to another prompt than this run builds for sample "
+                f"{sample_id!r} (the folder was written with another --seed, --chat, --depth, --max-prompt-tokens, "
+                "tokenizer or data version); use another output folder or the options it was written with"
             )
 
 
@@ -111,6 +136,7 @@ def run_method(
         "index": sample.index,
         "target_tokens": sample.target_tokens,
         "prompt_tokens": int(ids.shape[-1]),
+        "prompt_sha": prompt_digest(ids),
         "depth": sample.depth,
         "method": method.name,
         "method_fingerprint": method.fingerprint,
@@ -149,6 +175,7 @@ def run_eval(
     their start from its prefill (same answers; TTFT = the full model's time for those layers + their own).
     Every row written here names this call (``"run"``), so that a TTFT is compared only with the full model's
     on the same sample in the same run (:func:`spts.eval.report.summarize`), never with one timed on another day.
+    Resuming is refused when a finished row answered another prompt than this call builds for its sample id.
     Returns the rows of the requested samples and methods, in sample then method order.
     """
     out_dir = Path(out_dir)
@@ -162,6 +189,9 @@ def run_eval(
     if len(set(ids_seen)) != len(ids_seen):
         raise ValueError("samples repeat an id (task/length/index)")
 
+    answered = {sample_id for sample_id, _ in done}
+    prompts = {s.sample_id: renderer.input_ids(s) for s in samples if s.sample_id in answered}
+    _check_prompts(path, done, prompts)
     pending = [(s, [m for m in methods if (s.sample_id, m.name) not in done]) for s in samples]
     pending = [(s, ms) for s, ms in pending if ms]
     device = next(model.parameters()).device
@@ -173,7 +203,7 @@ def run_eval(
     bar = tqdm(total=sum(len(ms) for _, ms in pending), desc="eval", unit="answer", disable=not progress)
     with path.open("a", encoding="utf-8") as sink:
         for sample, todo in pending:
-            ids = renderer.input_ids(sample).to(device)
+            ids = (prompts[sample.sample_id] if sample.sample_id in prompts else renderer.input_ids(sample)).to(device)
             full = next((m for m in todo if m.unmodified), None)
             depth = reuse_depth(todo) if reuse_prefix and full is not None else 0
             recorded = PrefixRecording.empty(sample.sample_id, ids, depth) if depth else None
