@@ -386,6 +386,38 @@ def test_resume_refuses_rows_that_answered_another_prompt(tiny_setup, tmp_path):
         run_eval(model, tokenizer, seed0, methods, tmp_path, renderer=renderer, progress=False)
 
 
+def test_copy_from_reuses_answers_to_the_same_prompts_under_the_same_configs(tiny_setup, tmp_path, monkeypatch):
+    model, tokenizer, renderer = tiny_setup
+    samples = _samples(renderer, 1)
+    earlier = run_eval(model, tokenizer, samples, resolve_methods("full,spts", BASE), tmp_path / "a", progress=False)
+    BASE.to_file(tmp_path / "mine.json", model=model)  # spts's config under another name
+    methods = resolve_methods(f"full,mine={tmp_path}/mine.json,pap", BASE, model)
+
+    calls = []
+    real = runner_module.run_method
+    monkeypatch.setattr(runner_module, "run_method", lambda *a, **k: calls.append(a[4].name) or real(*a, **k))
+    rows = run_eval(model, tokenizer, samples, methods, tmp_path / "b", progress=False, copy_from=[tmp_path / "a"])
+    assert calls == ["pap", "pap"]  # full and mine copied, on both samples
+    by_key = {(r["sample_id"], r["method"]): r for r in rows}
+    for row in earlier:
+        name = "mine" if row["method"] == "spts" else row["method"]
+        copied = by_key[(row["sample_id"], name)]
+        assert copied == row | {"method": name, "copied_from": str(tmp_path / "a")}
+    # copied rows keep their run, so only they pair with the copied full model's TTFT
+    averages = {a["method"]: a for a in summarize(rows)["averages"]}
+    assert averages["mine"]["speedup"] > 0 and averages["pap"]["speedup"] is None
+    # written to the new folder: a rerun resumes without copying or computing anything
+    calls.clear()
+    assert run_eval(model, tokenizer, samples, methods, tmp_path / "b", progress=False) == rows and calls == []
+
+    # answers to other prompts (another seed) are not copied
+    other_seed = build_samples(renderer, "niah_single,vt", [400], n=1, seed=1)
+    run_eval(model, tokenizer, other_seed, methods[:1], tmp_path / "c", progress=False, copy_from=[tmp_path / "a"])
+    assert calls == ["full", "full"]
+    with pytest.raises(FileNotFoundError, match="no samples.jsonl"):
+        run_eval(model, tokenizer, samples, methods, tmp_path / "d", progress=False, copy_from=[tmp_path / "none"])
+
+
 def test_reports_have_every_figure(tiny_setup, tmp_path):
     model, tokenizer, renderer = tiny_setup
     methods = resolve_methods("full,pap,spts", BASE)

@@ -34,9 +34,15 @@ def test_eval_cli_on_smollm2_writes_every_output(tmp_path):
     again = CliRunner().invoke(app, [*args, "--out", str(out)])
     assert again.exit_code == 0, again.output
     assert len((out / "samples.jsonl").read_text().splitlines()) == len(rows)
+    # Another seed builds other prompts under the same sample ids: not mixed into this folder.
+    assert "another prompt than this run builds" in _refusal([*args, "--seed", "1", "--out", str(out)])
+    # A new folder copies the finished answers instead of recomputing them.
+    copied = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "copied"), "--copy-from", str(out)])
+    assert copied.exit_code == 0, copied.output
+    copied_rows = [json.loads(line) for line in (tmp_path / "copied" / "samples.jsonl").read_text().splitlines()]
+    assert copied_rows == [row | {"copied_from": str(out)} for row in rows]
 
 
-@pytest.mark.slow
 def _refusal(args: list[str]) -> str:
     """The error a refused command prints, unwrapped from rich's box."""
     result = CliRunner().invoke(app, args)

@@ -316,11 +316,26 @@ def eval_(
             "(same answers, cheaper; their TTFT adds the full model's time for those layers)"
         ),
     ] = False,
+    copy_from: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="an earlier spts eval folder: its answers to the same prompts under the same method configurations "
+            "are copied in, not recomputed (repeatable; their TTFTs pair only with their own run's)"
+        ),
+    ] = None,
 ) -> None:
     """Accuracy of the full model vs SPTS configs and ablations on long-context tasks (resumable)."""
     import torch
 
-    from spts.eval import PromptRenderer, build_samples, longbench_samples, resolve_methods, run_eval, write_reports
+    from spts.eval import (
+        PromptRenderer,
+        ResumeError,
+        build_samples,
+        longbench_samples,
+        resolve_methods,
+        run_eval,
+        write_reports,
+    )
     from spts.eval.tasks import resolve_tasks
     from spts.zoo import ZOO
 
@@ -359,9 +374,13 @@ def eval_(
             proxies = zoo_proxies(model, lm, tokenizer, progress=False)
     command = command_line(ctx)
     info = {"model": model, "device": device, "dtype": str(dtype), "base_config": config.to_dict()}
-    rows = run_eval(
-        lm, tokenizer, items, chosen, out, renderer=renderer, proxies=proxies, run_info=info, reuse_prefix=reuse_prefix
-    )
+    try:
+        rows = run_eval(
+            lm, tokenizer, items, chosen, out, renderer=renderer, proxies=proxies, run_info=info,
+            reuse_prefix=reuse_prefix, copy_from=copy_from or (),
+        )  # fmt: skip
+    except (ResumeError, FileNotFoundError) as error:
+        raise typer.BadParameter(str(error)) from None
     header = (
         f"{model}, {device} {run_context(dtype)}; chat template {'on' if renderer.chat else 'off'}; "
         f"base SPTS config {_describe(config, proxies is not None)}. Command: `{command}`"

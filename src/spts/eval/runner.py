@@ -68,22 +68,56 @@ def prompt_digest(ids: torch.Tensor) -> str:
     return hashlib.sha256(ids.detach().to("cpu", torch.int64).numpy().tobytes()).hexdigest()[:16]
 
 
-def _check_prompts(path: Path, done: dict[tuple[str, str], dict[str, Any]], prompts: dict[str, torch.Tensor]) -> None:
+def _same_prompt(row: dict[str, Any], sample: EvalSample, ids: torch.Tensor) -> bool:
+    """Whether ``row`` answered this sample's prompt. Rows written before rows named their prompt (``prompt_sha``)
+    are checked on what they recorded: prompt length and references (which differ with the seed)."""
+    recorded = row.get("prompt_sha")
+    if recorded is not None:
+        return recorded == prompt_digest(ids)
+    return row["prompt_tokens"] == ids.shape[-1] and tuple(row["references"]) == tuple(sample.references)
+
+
+def _check_prompts(
+    path: Path, done: dict[tuple[str, str], dict[str, Any]], samples: dict[str, EvalSample], prompts: dict
+) -> None:
     """Refuses to resume when a finished row answered another prompt than this run builds for its sample id, so
-    answers to different prompts are never averaged or paired as if they were one. Rows written before rows named
-    their prompt are checked on their prompt length only."""
+    answers to different prompts are never averaged or paired as if they were one."""
     for (sample_id, method), row in done.items():
-        ids = prompts.get(sample_id)
-        if ids is None:
-            continue
-        recorded = row.get("prompt_sha")
-        same = recorded == prompt_digest(ids) if recorded is not None else row["prompt_tokens"] == ids.shape[-1]
-        if not same:
+        if sample_id in prompts and not _same_prompt(row, samples[sample_id], prompts[sample_id]):
             raise ResumeError(
                 f"{path} holds an answer of {method!r} to another prompt than this run builds for sample "
                 f"{sample_id!r} (the folder was written with another --seed, --chat, --depth, --max-prompt-tokens, "
                 "tokenizer or data version); use another output folder or the options it was written with"
             )
+
+
+def _copied_rows(
+    folders: Sequence[Path], samples: dict[str, EvalSample], methods: Sequence[Method], prompts: dict, done: dict
+) -> list[dict[str, Any]]:
+    """Rows of other output folders that answer a pending (sample, method) of this run: same method
+    configuration (fingerprint, whatever its name there) and same prompt. A copied row keeps the run it was timed
+    in, so its TTFT still pairs only with that run's full model; rows from before runs were named get one per
+    folder."""
+    by_fingerprint = {m.fingerprint: m for m in methods}
+    copied: dict[tuple[str, str], dict[str, Any]] = {}
+    for folder in folders:
+        source = Path(folder) / ROWS_FILE
+        if not source.is_file():
+            raise FileNotFoundError(f"--copy-from {folder}: no {ROWS_FILE} there (an spts eval output folder)")
+        for row in read_rows(source):
+            method = by_fingerprint.get(row["method_fingerprint"])
+            sample = samples.get(row["sample_id"])
+            if method is None or sample is None:
+                continue
+            key = (sample.sample_id, method.name)
+            if key in done or key in copied or not _same_prompt(row, sample, prompts[sample.sample_id]):
+                continue
+            copied[key] = row | {
+                "method": method.name,
+                "run": row.get("run", f"copied:{Path(folder).name}"),
+                "copied_from": str(folder),
+            }
+    return list(copied.values())
 
 
 def _now(device: torch.device) -> float:
@@ -166,6 +200,7 @@ def run_eval(
     run_info: dict[str, Any] | None = None,
     progress: bool = True,
     reuse_prefix: bool = False,
+    copy_from: Sequence[str | Path] = (),
 ) -> list[dict[str, Any]]:
     """Answer every sample with every method; rows go to ``out_dir/samples.jsonl`` as they finish.
 
@@ -175,6 +210,8 @@ def run_eval(
     their start from its prefill (same answers; TTFT = the full model's time for those layers + their own).
     Every row written here names this call (``"run"``), so that a TTFT is compared only with the full model's
     on the same sample in the same run (:func:`spts.eval.report.summarize`), never with one timed on another day.
+    ``copy_from``: output folders of earlier runs whose answers to the same prompts under the same method
+    configurations are copied in instead of recomputed (each keeps the run it was timed in).
     Resuming is refused when a finished row answered another prompt than this call builds for its sample id.
     Returns the rows of the requested samples and methods, in sample then method order.
     """
@@ -185,13 +222,17 @@ def run_eval(
     path = out_dir / ROWS_FILE
     done = {(r["sample_id"], r["method"]): r for r in read_rows(path)}
     _check_methods(list(done.values()), methods)
-    ids_seen = [s.sample_id for s in samples]
-    if len(set(ids_seen)) != len(ids_seen):
+    by_id = {s.sample_id: s for s in samples}
+    if len(by_id) != len(samples):
         raise ValueError("samples repeat an id (task/length/index)")
-
     answered = {sample_id for sample_id, _ in done}
-    prompts = {s.sample_id: renderer.input_ids(s) for s in samples if s.sample_id in answered}
-    _check_prompts(path, done, prompts)
+    prompts = {s.sample_id: renderer.input_ids(s) for s in samples if copy_from or s.sample_id in answered}
+    _check_prompts(path, done, by_id, prompts)
+    copied = _copied_rows([Path(f) for f in copy_from], by_id, methods, prompts, done)
+    if copied:
+        with path.open("a", encoding="utf-8") as sink:
+            sink.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in copied)
+        done.update(((row["sample_id"], row["method"]), row) for row in copied)
     pending = [(s, [m for m in methods if (s.sample_id, m.name) not in done]) for s in samples]
     pending = [(s, ms) for s, ms in pending if ms]
     device = next(model.parameters()).device
