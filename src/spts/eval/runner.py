@@ -78,7 +78,10 @@ def _same_prompt(row: dict[str, Any], sample: EvalSample, ids: torch.Tensor) -> 
 
 
 def _check_prompts(
-    path: Path, done: dict[tuple[str, str], dict[str, Any]], samples: dict[str, EvalSample], prompts: dict
+    path: Path,
+    done: dict[tuple[str, str], dict[str, Any]],
+    samples: dict[str, EvalSample],
+    prompts: dict[str, torch.Tensor],
 ) -> None:
     """Refuses to resume when a finished row answered another prompt than this run builds for its sample id, so
     answers to different prompts are never averaged or paired as if they were one."""
@@ -92,7 +95,11 @@ def _check_prompts(
 
 
 def _copied_rows(
-    folders: Sequence[Path], samples: dict[str, EvalSample], methods: Sequence[Method], prompts: dict, done: dict
+    folders: Sequence[Path],
+    samples: dict[str, EvalSample],
+    methods: Sequence[Method],
+    prompts: dict[str, torch.Tensor],
+    done: dict[tuple[str, str], dict[str, Any]],
 ) -> list[dict[str, Any]]:
     """Rows of other output folders that answer a pending (sample, method) of this run: same method
     configuration (fingerprint, whatever its name there) and same prompt. A copied row keeps the run it was timed
