@@ -376,14 +376,15 @@ def test_resume_refuses_rows_that_answered_another_prompt(tiny_setup, tmp_path):
     with pytest.raises(ResumeError, match="another prompt than this run builds for sample 'niah_single/400/0'"):
         run_eval(model, tokenizer, seed1, methods, tmp_path, renderer=renderer, progress=False)
 
-    # Rows written before rows named their prompt: resumed when the prompt length agrees, refused when not.
+    # Rows written before rows named their prompt: resumed when prompt length and references agree, else refused.
     path = tmp_path / "samples.jsonl"
     legacy = {k: v for k, v in row.items() if k != "prompt_sha"}
     path.write_text(json.dumps(legacy) + "\n")
     assert run_eval(model, tokenizer, seed0, methods, tmp_path, renderer=renderer, progress=False) == [legacy]
-    path.write_text(json.dumps(legacy | {"prompt_tokens": legacy["prompt_tokens"] - 1}) + "\n")
-    with pytest.raises(ResumeError, match="another prompt"):
-        run_eval(model, tokenizer, seed0, methods, tmp_path, renderer=renderer, progress=False)
+    for changed in ({"prompt_tokens": legacy["prompt_tokens"] - 1}, {"references": list(seed1[0].references)}):
+        path.write_text(json.dumps(legacy | changed) + "\n")
+        with pytest.raises(ResumeError, match="another prompt"):
+            run_eval(model, tokenizer, seed0, methods, tmp_path, renderer=renderer, progress=False)
 
 
 def test_copy_from_reuses_answers_to_the_same_prompts_under_the_same_configs(tiny_setup, tmp_path, monkeypatch):
@@ -414,7 +415,7 @@ def test_copy_from_reuses_answers_to_the_same_prompts_under_the_same_configs(tin
     other_seed = build_samples(renderer, "niah_single,vt", [400], n=1, seed=1)
     run_eval(model, tokenizer, other_seed, methods[:1], tmp_path / "c", progress=False, copy_from=[tmp_path / "a"])
     assert calls == ["full", "full"]
-    with pytest.raises(FileNotFoundError, match="no samples.jsonl"):
+    with pytest.raises(FileNotFoundError, match=r"no samples\.jsonl"):
         run_eval(model, tokenizer, samples, methods, tmp_path / "d", progress=False, copy_from=[tmp_path / "none"])
 
 
