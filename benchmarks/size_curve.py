@@ -43,12 +43,20 @@ def parameter_count(model: str) -> int:
     return sum(p.numel() for p in lm.parameters())
 
 
-def retention_interval(eval_dir: Path, method: str, draws: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95% paired-bootstrap interval of ``method``'s mean score over the full model's, from the eval's rows."""
-    rows = [json.loads(line) for line in (eval_dir / "samples.jsonl").read_text().splitlines() if line.strip()]
+def read_scores(eval_dir: Path) -> dict[str, dict[str, float]]:
+    """Each sample's score per method, from an eval folder's rows."""
     by_sample: dict[str, dict[str, float]] = {}
-    for row in rows:
-        by_sample.setdefault(row["sample_id"], {})[row["method"]] = row["score"]
+    for line in (eval_dir / "samples.jsonl").read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            by_sample.setdefault(row["sample_id"], {})[row["method"]] = row["score"]
+    return by_sample
+
+
+def retention_interval(
+    by_sample: dict[str, dict[str, float]], method: str, draws: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """95% paired-bootstrap interval of ``method``'s mean score over the full model's, over the given samples."""
     pairs = np.array([(s["full"], s[method]) for s in by_sample.values() if "full" in s and method in s])
     picks = np.random.default_rng(seed).integers(0, len(pairs), size=(draws, len(pairs)))
     full, other = pairs[picks, 0].mean(1), pairs[picks, 1].mean(1)
@@ -57,12 +65,11 @@ def retention_interval(eval_dir: Path, method: str, draws: int = 2000, seed: int
     return float(low), float(high)
 
 
-def read_run(spec: str) -> dict:
-    model, _, dirs = spec.partition("=")
-    if not dirs:
-        raise SystemExit(f"--run {spec!r}: write MODEL=EVAL_DIR[:BENCH_DIR]")
-    eval_dir, _, bench_dir = dirs.partition(":")
-    summary = json.loads((Path(eval_dir) / "summary.json").read_text())
+def read_methods(eval_dir: Path, bench_dir: Path | None = None) -> tuple[str, list[dict]]:
+    """The prompt length of an ``spts eval`` folder (one length) and, per method, its score, share of the full
+    model's (with a paired-bootstrap 95% interval), KV kept, and TTFT speedup: from the ``spts bench`` folder where
+    it timed that method side by side, else the eval's paired speedup (marked as such)."""
+    summary = json.loads((eval_dir / "summary.json").read_text())
     lengths = {a["length"] for a in summary["averages"]}
     if len(lengths) != 1:
         raise SystemExit(f"{eval_dir} holds lengths {sorted(lengths)}; give one eval folder per length")
@@ -71,8 +78,17 @@ def read_run(spec: str) -> dict:
         raise SystemExit(f"{eval_dir} has no 'full' rows to compare with")
     bench = {}
     if bench_dir:
-        rows = json.loads((Path(bench_dir) / "summary.json").read_text())["rows"]
+        rows = json.loads((bench_dir / "summary.json").read_text())["rows"]
         bench = {r["method"]: r["speedup"] for r in rows if str(r["length"]) in lengths}
+    # The samples every method answered, as the eval's table counts them (a folder can hold more rows of some
+    # methods, e.g. copied from a longer run): the interval must come from the prompts the scores come from.
+    by_sample = {sid: s for sid, s in read_scores(eval_dir).items() if scores.keys() <= s.keys()}
+    if any(a["n"] != len(by_sample) for a in scores.values()):
+        counts = ", ".join(f"{name} {a['n']}" for name, a in scores.items())
+        raise SystemExit(
+            f"{eval_dir}: its table counts {counts} samples, but {len(by_sample)} were answered by every method; "
+            f"rebuild the table over those (spts eval ... --samples N with N per task)"
+        )
     full = scores["full"]["score"]
     methods = []
     for name, average in scores.items():
@@ -81,11 +97,21 @@ def read_run(spec: str) -> dict:
             "n": average["n"],
             "score": average["score"],
             "retention": average["score"] / full if full else float("nan"),
-            "retention_95": retention_interval(Path(eval_dir), name),
+            "retention_95": retention_interval(by_sample, name),
+            "kv_fraction": average.get("kv_fraction"),
             "speedup": bench.get(name, average["speedup"]),
             "speedup_source": "bench" if name in bench else "eval (paired)",
         })  # fmt: skip
-    return {"model": model, "params": parameter_count(model), "length": lengths.pop(), "eval_dir": eval_dir,
+    return lengths.pop(), methods
+
+
+def read_run(spec: str) -> dict:
+    model, _, dirs = spec.partition("=")
+    if not dirs:
+        raise SystemExit(f"--run {spec!r}: write MODEL=EVAL_DIR[:BENCH_DIR]")
+    eval_dir, _, bench_dir = dirs.partition(":")
+    length, methods = read_methods(Path(eval_dir), Path(bench_dir) if bench_dir else None)
+    return {"model": model, "params": parameter_count(model), "length": length, "eval_dir": eval_dir,
             "bench_dir": bench_dir or None, "methods": methods}  # fmt: skip
 
 
@@ -129,7 +155,10 @@ def main() -> None:
     names = sorted({m["method"] for r in runs for m in r["methods"]} - {"full"})
     for name in names:
         points = [(r["params"], m) for r in runs for m in r["methods"] if m["method"] == name]
-        axis.plot([p for p, _ in points], [100 * m["retention"] for _, m in points], marker="o", label=name)
+        y = [100 * m["retention"] for _, m in points]
+        spread = [[v - 100 * m["retention_95"][0] for v, (_, m) in zip(y, points, strict=True)],
+                  [100 * m["retention_95"][1] - v for v, (_, m) in zip(y, points, strict=True)]]  # fmt: skip
+        axis.errorbar([p for p, _ in points], y, yerr=spread, marker="o", capsize=3, label=name)
         for params, m in points:
             axis.annotate(f"{m['speedup']:.2f}x", (params, 100 * m["retention"]), fontsize=7,
                           textcoords="offset points", xytext=(4, 4))  # fmt: skip
@@ -137,7 +166,7 @@ def main() -> None:
     axis.set_xscale("log")
     axis.set_xlabel("parameters")
     axis.set_ylabel("score kept, % of the full model")
-    axis.set_title(f"Retention vs size at {runs[0]['length']} tokens (labels: TTFT speedup)")
+    axis.set_title(f"Retention vs size, {runs[0]['length']} tokens (labels: TTFT speedup; bars: 95%)", fontsize=9)
     axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(args.out / "retention_vs_size.png", dpi=120)
