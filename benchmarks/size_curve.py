@@ -5,7 +5,7 @@
         --run qwen2.5-coder-0.5b=$R/size_qwen2.5-coder-0.5b_4096:$R/size_bench_qwen2.5-coder-0.5b_4096 \
         --run qwen2.5-coder-1.5b=$R/size_qwen2.5-coder-1.5b_4096:$R/size_bench_qwen2.5-coder-1.5b_4096
 
-Each ``--run MODEL=EVAL_DIR[:BENCH_DIR]`` names a zoo model (or model folder) and the ``spts eval`` folder that
+Each ``--run NAME=EVAL_DIR[:BENCH_DIR]`` names a zoo model (or model folder) and the ``spts eval`` folder that
 compared methods on it (``full`` among them; one prompt length); the optional ``spts bench`` folder gives each
 method's TTFT speedup measured side by side (else the eval's paired speedup is used, marked as such). Parameter
 counts come from the model's config (built on the meta device: no weights are loaded). ``benchmarks/size_curve.sh``
@@ -105,11 +105,26 @@ def read_methods(eval_dir: Path, bench_dir: Path | None = None) -> tuple[str, li
     return lengths.pop(), methods
 
 
-def read_run(spec: str) -> dict:
-    model, _, dirs = spec.partition("=")
-    if not dirs:
-        raise SystemExit(f"--run {spec!r}: write MODEL=EVAL_DIR[:BENCH_DIR]")
+def parse_run(spec: str) -> tuple[str, str, str]:
+    """``NAME=EVAL_DIR[:BENCH_DIR]`` as (name, eval folder, bench folder or ""), each folder holding a summary."""
+    name, _, dirs = spec.partition("=")
     eval_dir, _, bench_dir = dirs.partition(":")
+    if not name or not eval_dir:
+        raise SystemExit(f"--run {spec!r}: write NAME=EVAL_DIR[:BENCH_DIR]")
+    for folder in filter(None, (eval_dir, bench_dir)):
+        if not (Path(folder) / "summary.json").is_file():
+            raise SystemExit(f"--run {spec!r}: {folder} has no summary.json (run spts eval / spts bench there first)")
+    return name, eval_dir, bench_dir
+
+
+def interval_bars(method: dict) -> tuple[float, float]:
+    """How far a method's 95% interval reaches below and above its retention, in % of the full score."""
+    low, high = method["retention_95"]
+    return 100 * (method["retention"] - low), 100 * (high - method["retention"])
+
+
+def read_run(spec: str) -> dict:
+    model, eval_dir, bench_dir = parse_run(spec)
     length, methods = read_methods(Path(eval_dir), Path(bench_dir) if bench_dir else None)
     return {"model": model, "params": parameter_count(model), "length": length, "eval_dir": eval_dir,
             "bench_dir": bench_dir or None, "methods": methods}  # fmt: skip
@@ -117,7 +132,7 @@ def read_run(spec: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", action="append", required=True, help="MODEL=EVAL_DIR[:BENCH_DIR], repeatable")
+    parser.add_argument("--run", action="append", required=True, help="NAME=EVAL_DIR[:BENCH_DIR] (NAME: a model)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     runs = sorted((read_run(spec) for spec in args.run), key=lambda r: r["params"])
@@ -155,10 +170,8 @@ def main() -> None:
     names = sorted({m["method"] for r in runs for m in r["methods"]} - {"full"})
     for name in names:
         points = [(r["params"], m) for r in runs for m in r["methods"] if m["method"] == name]
-        y = [100 * m["retention"] for _, m in points]
-        spread = [[v - 100 * m["retention_95"][0] for v, (_, m) in zip(y, points, strict=True)],
-                  [100 * m["retention_95"][1] - v for v, (_, m) in zip(y, points, strict=True)]]  # fmt: skip
-        axis.errorbar([p for p, _ in points], y, yerr=spread, marker="o", capsize=3, label=name)
+        axis.errorbar([p for p, _ in points], [100 * m["retention"] for _, m in points], marker="o", capsize=3,
+                      yerr=np.transpose([interval_bars(m) for _, m in points]), label=name)  # fmt: skip
         for params, m in points:
             axis.annotate(f"{m['speedup']:.2f}x", (params, 100 * m["retention"]), fontsize=7,
                           textcoords="offset points", xytext=(4, 4))  # fmt: skip

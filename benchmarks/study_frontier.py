@@ -24,19 +24,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from size_curve import read_methods
+from size_curve import interval_bars, parse_run, read_methods
 
 from spts.machine import machine
 
 
 def read_study(spec: str) -> dict:
-    name, _, dirs = spec.partition("=")
-    eval_dir, _, bench_dir = dirs.partition(":")
-    if not name or not eval_dir:
-        raise SystemExit(f"--run {spec!r}: write NAME=EVAL_DIR[:BENCH_DIR]")
-    for folder in filter(None, (eval_dir, bench_dir)):
-        if not (Path(folder) / "summary.json").is_file():
-            raise SystemExit(f"--run {spec!r}: {folder} has no summary.json (run spts eval / spts bench there first)")
+    name, eval_dir, bench_dir = parse_run(spec)
     length, methods = read_methods(Path(eval_dir), Path(bench_dir) if bench_dir else None)
     return {"model": name, "length": length, "eval_dir": eval_dir, "bench_dir": bench_dir or None,
             "methods": methods}  # fmt: skip
@@ -83,9 +77,9 @@ def plot(studies: list[dict], path: Path, targets: list[float]) -> None:
         for m in study["methods"]:
             if m["speedup"] is None:
                 continue
-            low, high = (100 * v for v in m["retention_95"])
-            y = 100 * m["retention"]
-            axis.errorbar(m["speedup"], y, yerr=[[y - low], [high - y]], marker="o", capsize=3, label=m["method"])
+            below, above = interval_bars(m)
+            axis.errorbar(m["speedup"], 100 * m["retention"], yerr=[[below], [above]], marker="o", capsize=3,
+                          label=m["method"])  # fmt: skip
         for target in targets:
             axis.axhline(target, color="grey", linestyle="--", linewidth=0.8)
         axis.set_xlabel("TTFT speedup (x)")
