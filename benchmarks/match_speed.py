@@ -19,7 +19,8 @@ from spts.peers.spec import parse_peer_spec
 
 
 def match(rows: list[dict], references: list[str]) -> list[tuple[str, str, float, float]]:
-    """(reference, peer, reference speedup, peer speedup) for each reference and peer family, closest first."""
+    """(reference, peer, reference speedup, peer speedup): per reference, per peer family, the setting closest
+    in speed."""
     speed = {r["method"]: r["speedup"] for r in rows}
     missing = [name for name in references if name not in speed]
     if missing:

@@ -123,11 +123,17 @@ def interval_bars(method: dict) -> tuple[float, float]:
     return 100 * (method["retention"] - low), 100 * (high - method["retention"])
 
 
-def read_run(spec: str) -> dict:
-    model, eval_dir, bench_dir = parse_run(spec)
+def read_study(spec: str) -> dict:
+    """One ``--run``: its name, prompt length, folders and per-method figures (``read_methods``)."""
+    name, eval_dir, bench_dir = parse_run(spec)
     length, methods = read_methods(Path(eval_dir), Path(bench_dir) if bench_dir else None)
-    return {"model": model, "params": parameter_count(model), "length": length, "eval_dir": eval_dir,
-            "bench_dir": bench_dir or None, "methods": methods}  # fmt: skip
+    return {"model": name, "length": length, "eval_dir": eval_dir, "bench_dir": bench_dir or None,
+            "methods": methods}  # fmt: skip
+
+
+def read_run(spec: str) -> dict:
+    study = read_study(spec)
+    return {**study, "params": parameter_count(study["model"])}
 
 
 def main() -> None:

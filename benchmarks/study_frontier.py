@@ -24,16 +24,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from size_curve import interval_bars, parse_run, read_methods
+from size_curve import interval_bars, read_study
 
 from spts.machine import machine
-
-
-def read_study(spec: str) -> dict:
-    name, eval_dir, bench_dir = parse_run(spec)
-    length, methods = read_methods(Path(eval_dir), Path(bench_dir) if bench_dir else None)
-    return {"model": name, "length": length, "eval_dir": eval_dir, "bench_dir": bench_dir or None,
-            "methods": methods}  # fmt: skip
 
 
 def table(studies: list[dict], command: str) -> list[str]:
