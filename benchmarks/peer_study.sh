@@ -16,7 +16,8 @@
 # print(' '.join(ZOO['qwen2.5-coder-0.5b'].packages))")
 set -euo pipefail
 MODEL=${1:?usage: peer_study.sh MODEL (a zoo name or model folder)}
-LENGTHS=${LENGTHS:-4096 8192}
+# 8000, not 8192: SmolLM2's context window is 8192 tokens and the tuner refuses prompts whose answer would not fit
+LENGTHS=${LENGTHS:-4096 8000}
 SAMPLES=${SAMPLES:-30}
 TASKS=${TASKS:-all}
 TARGETS=${TARGETS:-1.5 2}     # predicted TTFT speedups the tuner must reach; each schedule is timed by the bench
@@ -28,6 +29,8 @@ EXTRA=${EXTRA:-}              # more methods for the eval, e.g. a selection vari
 OUT=${OUT:-benchmarks/results}
 name=$(basename "$MODEL")
 runs=()
+against=()
+for target in $TARGETS; do against+=(--against "tuned${target}x"); done
 for length in $LENGTHS; do
     tuned=()
     references=()
@@ -50,4 +53,4 @@ for length in $LENGTHS; do
         --methods "full,derived,$tuned_list,${EXTRA:+$EXTRA,}$peers" --out "$eval_dir"
     runs+=(--run "$name@$length=$eval_dir:$bench_dir")
 done
-python benchmarks/study_frontier.py --out "$OUT/study_frontier_$name" "${runs[@]}"
+python benchmarks/study_frontier.py --out "$OUT/study_frontier_$name" "${runs[@]}" "${against[@]}"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -65,10 +66,23 @@ def retention_interval(
     return float(low), float(high)
 
 
-def read_methods(eval_dir: Path, bench_dir: Path | None = None) -> tuple[str, list[dict]]:
+def difference_interval(
+    by_sample: dict[str, dict[str, float]], method: str, other: str, draws: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """``method``'s mean score minus ``other``'s over the samples both answered, in points (0-100), with its 95%
+    paired-bootstrap interval: (difference, low, high)."""
+    differences = 100 * np.array([s[method] - s[other] for s in by_sample.values() if method in s and other in s])
+    picks = np.random.default_rng(seed).integers(0, len(differences), size=(draws, len(differences)))
+    low, high = np.percentile(differences[picks].mean(1), [2.5, 97.5])
+    return float(differences.mean()), float(low), float(high)
+
+
+def read_methods(eval_dir: Path, bench_dir: Path | None = None, against: Sequence[str] = ()) -> tuple[str, list[dict]]:
     """The prompt length of an ``spts eval`` folder (one length) and, per method, its score, share of the full
     model's (with a paired-bootstrap 95% interval), KV kept, and TTFT speedup: from the ``spts bench`` folder where
-    it timed that method side by side, else the eval's paired speedup (marked as such)."""
+    it timed that method side by side, else the eval's paired speedup (marked as such). For each name in
+    ``against`` that the folder holds, each other method also gets that method's score minus its own
+    (``difference_interval``) under ``minus[name]``."""
     summary = json.loads((eval_dir / "summary.json").read_text())
     lengths = {a["length"] for a in summary["averages"]}
     if len(lengths) != 1:
@@ -101,6 +115,8 @@ def read_methods(eval_dir: Path, bench_dir: Path | None = None) -> tuple[str, li
             "kv_fraction": average.get("kv_fraction"),
             "speedup": bench.get(name, average["speedup"]),
             "speedup_source": "bench" if name in bench else "eval (paired)",
+            "minus": {ref: difference_interval(by_sample, ref, name) for ref in against
+                      if ref in scores and ref != name},
         })  # fmt: skip
     return lengths.pop(), methods
 
@@ -123,10 +139,10 @@ def interval_bars(method: dict) -> tuple[float, float]:
     return 100 * (method["retention"] - low), 100 * (high - method["retention"])
 
 
-def read_study(spec: str) -> dict:
+def read_study(spec: str, against: Sequence[str] = ()) -> dict:
     """One ``--run``: its name, prompt length, folders and per-method figures (``read_methods``)."""
     name, eval_dir, bench_dir = parse_run(spec)
-    length, methods = read_methods(Path(eval_dir), Path(bench_dir) if bench_dir else None)
+    length, methods = read_methods(Path(eval_dir), Path(bench_dir) if bench_dir else None, against)
     return {"model": name, "length": length, "eval_dir": eval_dir, "bench_dir": bench_dir or None,
             "methods": methods}  # fmt: skip
 

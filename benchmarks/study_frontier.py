@@ -29,7 +29,7 @@ from size_curve import interval_bars, read_study
 from spts.machine import machine
 
 
-def table(studies: list[dict], command: str) -> list[str]:
+def table(studies: list[dict], command: str, against: list[str]) -> list[str]:
     lines = [
         "# Accuracy at speed, per model",
         "",
@@ -54,6 +54,22 @@ def table(studies: list[dict], command: str) -> list[str]:
                 f"| {m['method']} | {m['n']} | {m['score']:.1f} | {m['retention']:.0%} ({low:.0%}-{high:.0%}) | "
                 f"{speed} | {kv} |"
             )
+        for reference in against:
+            if not any(reference in m["minus"] for m in study["methods"]):
+                continue
+            lines += [
+                "",
+                f"{reference} minus each method, points (0-100) over the same samples (95% paired-bootstrap interval):",
+                "",
+                "| method | difference (95% interval) |",
+                "|---|---|",
+            ]
+            lines += [
+                f"| {m['method']} | {d:+.1f} ({low:+.1f} to {high:+.1f}) |"
+                for m in study["methods"]
+                if reference in m["minus"]
+                for d, low, high in [m["minus"][reference]]
+            ]
         lines += ["", f"Sources: `{study['eval_dir']}`, `{study['bench_dir']}`."]
     lines += [
         "",
@@ -89,13 +105,17 @@ def main() -> None:
     parser.add_argument("--run", action="append", required=True, help="NAME=EVAL_DIR[:BENCH_DIR], repeatable")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--target", type=float, action="append", help="%% of the full score to mark (default: 95)")
+    parser.add_argument(
+        "--against", action="append", default=[], help="a method to compare every other with (paired), repeatable"
+    )
     args = parser.parse_args()
-    studies = [read_study(spec) for spec in args.run]
+    studies = [read_study(spec, args.against) for spec in args.run]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "rows.json").write_text(json.dumps(studies, indent=2))
     options = [f"--run {s}" for s in args.run] + [f"--target {t:g}" for t in args.target or []]
+    options += [f"--against {a}" for a in args.against]
     command = f"python benchmarks/study_frontier.py {' '.join(options)} --out {args.out}"
-    lines = table(studies, command)
+    lines = table(studies, command, args.against)
     (args.out / "table.md").write_text("\n".join(lines) + "\n")
     plot(studies, args.out / "accuracy_vs_speedup.png", args.target or [95.0])
     print("\n".join(lines))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -63,6 +64,24 @@ def test_table_and_plot_take_scores_from_the_eval_and_speed_from_the_bench(tmp_p
     assert (tmp_path / "out" / "accuracy_vs_speedup.png").stat().st_size > 0
     rows = json.loads((tmp_path / "out" / "rows.json").read_text())
     assert {m["method"]: m["speedup_source"] for m in rows[0]["methods"]}["same"] == "bench"
+
+
+def test_against_gives_paired_differences_over_the_same_samples(tmp_path: Path) -> None:
+    write_eval(tmp_path / "eval", {"full": [0.8, 0.4, 0.6, 1.0], "same": [0.8, 0.4, 0.6, 1.0],
+                                   "slow": [0.4, 0.2, 0.3, 0.5]})  # fmt: skip
+    result = run("--run", f"m={tmp_path / 'eval'}", "--against", "same", "--against", "absent", "--out",
+                 str(tmp_path / "out"))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "--against same --against absent" in table
+    assert "| full | +0.0 (+0.0 to +0.0) |" in table
+    # 'same' beats 'slow' by 40, 20, 30, 50 points on the four samples: every resample's mean lies in 20-50
+    difference = next(line for line in table.splitlines() if line.startswith("| slow | +"))
+    mean, low, high = (float(x) for x in re.findall(r"[+-][\d.]+", difference))
+    assert mean == 35.0 and 20.0 <= low < mean < high <= 50.0
+    assert "absent minus" not in table  # a method the folder does not hold has no section
+    rows = json.loads((tmp_path / "out" / "rows.json").read_text())
+    assert "same" not in {m["method"]: m for m in rows[0]["methods"]}["same"]["minus"]
 
 
 def test_refuses_a_table_counted_over_other_samples_than_every_method_answered(tmp_path: Path) -> None:
