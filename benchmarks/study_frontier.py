@@ -11,6 +11,8 @@ side by side. An eval folder whose rows were copied from several runs (``--copy-
 every method, so the speed axis is the bench's; a method the bench did not time falls back to the eval's paired
 speedup, marked as such, and is left off the plot when it has none. Writes ``rows.json``, ``table.md`` (the table
 the README quotes) and ``accuracy_vs_speedup.png`` (one panel per model, 95% paired-bootstrap intervals).
+``--against METHOD`` (repeatable) adds, for each run that holds it, METHOD's score minus every other method's on
+the same samples, in points with a 95% paired-bootstrap interval: the differences the docs quote.
 """
 
 from __future__ import annotations
