@@ -54,27 +54,31 @@ def read_scores(eval_dir: Path) -> dict[str, dict[str, float]]:
     return by_sample
 
 
-def retention_interval(
-    by_sample: dict[str, dict[str, float]], method: str, draws: int = 2000, seed: int = 0
-) -> tuple[float, float]:
-    """95% paired-bootstrap interval of ``method``'s mean score over the full model's, over the given samples."""
-    pairs = np.array([(s["full"], s[method]) for s in by_sample.values() if "full" in s and method in s])
+def paired_resample_means(
+    by_sample: dict[str, dict[str, float]], first: str, second: str, draws: int = 2000, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Bootstrap over the samples both methods answered, drawing the same samples for both: each draw's mean score
+    of ``first`` and of ``second``."""
+    pairs = np.array([(s[first], s[second]) for s in by_sample.values() if first in s and second in s])
     picks = np.random.default_rng(seed).integers(0, len(pairs), size=(draws, len(pairs)))
-    full, other = pairs[picks, 0].mean(1), pairs[picks, 1].mean(1)
-    ratios = np.divide(other, full, out=np.full(draws, np.nan), where=full > 0)
+    return pairs[picks, 0].mean(1), pairs[picks, 1].mean(1)
+
+
+def retention_interval(by_sample: dict[str, dict[str, float]], method: str) -> tuple[float, float]:
+    """95% paired-bootstrap interval of ``method``'s mean score over the full model's, over the given samples."""
+    full, other = paired_resample_means(by_sample, "full", method)
+    ratios = np.divide(other, full, out=np.full(len(full), np.nan), where=full > 0)
     low, high = np.nanpercentile(ratios, [2.5, 97.5])
     return float(low), float(high)
 
 
-def difference_interval(
-    by_sample: dict[str, dict[str, float]], method: str, other: str, draws: int = 2000, seed: int = 0
-) -> tuple[float, float, float]:
+def difference_interval(by_sample: dict[str, dict[str, float]], method: str, other: str) -> tuple[float, float, float]:
     """``method``'s mean score minus ``other``'s over the samples both answered, in points (0-100), with its 95%
     paired-bootstrap interval: (difference, low, high)."""
-    differences = 100 * np.array([s[method] - s[other] for s in by_sample.values() if method in s and other in s])
-    picks = np.random.default_rng(seed).integers(0, len(differences), size=(draws, len(differences)))
-    low, high = np.percentile(differences[picks].mean(1), [2.5, 97.5])
-    return float(differences.mean()), float(low), float(high)
+    mine, theirs = paired_resample_means(by_sample, method, other)
+    low, high = np.percentile(100 * (mine - theirs), [2.5, 97.5])
+    both = [s for s in by_sample.values() if method in s and other in s]
+    return 100 * float(np.mean([s[method] - s[other] for s in both])), float(low), float(high)
 
 
 def read_methods(eval_dir: Path, bench_dir: Path | None = None, against: Sequence[str] = ()) -> tuple[str, list[dict]]:

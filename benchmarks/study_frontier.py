@@ -57,7 +57,8 @@ def table(studies: list[dict], command: str, against: list[str]) -> list[str]:
                 f"{speed} | {kv} |"
             )
         for reference in against:
-            if not any(reference in m["minus"] for m in study["methods"]):
+            differences = [(m["method"], m["minus"][reference]) for m in study["methods"] if reference in m["minus"]]
+            if not differences:
                 continue
             lines += [
                 "",
@@ -66,12 +67,7 @@ def table(studies: list[dict], command: str, against: list[str]) -> list[str]:
                 "| method | difference (95% interval) |",
                 "|---|---|",
             ]
-            lines += [
-                f"| {m['method']} | {d:+.1f} ({low:+.1f} to {high:+.1f}) |"
-                for m in study["methods"]
-                if reference in m["minus"]
-                for d, low, high in [m["minus"][reference]]
-            ]
+            lines += [f"| {name} | {d:+.1f} ({low:+.1f} to {high:+.1f}) |" for name, (d, low, high) in differences]
         lines += ["", f"Sources: `{study['eval_dir']}`, `{study['bench_dir']}`."]
     lines += [
         "",
