@@ -54,19 +54,21 @@ def read_scores(eval_dir: Path) -> dict[str, dict[str, float]]:
     return by_sample
 
 
-def paired_resample_means(
-    by_sample: dict[str, dict[str, float]], first: str, second: str, draws: int = 2000, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """Bootstrap over the samples both methods answered, drawing the same samples for both: each draw's mean score
-    of ``first`` and of ``second``."""
-    pairs = np.array([(s[first], s[second]) for s in by_sample.values() if first in s and second in s])
+def paired_scores(by_sample: dict[str, dict[str, float]], first: str, second: str) -> np.ndarray:
+    """One row per sample both methods answered: (``first``'s score, ``second``'s)."""
+    return np.array([(s[first], s[second]) for s in by_sample.values() if first in s and second in s])
+
+
+def paired_resample_means(pairs: np.ndarray, draws: int = 2000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Bootstrap over the rows of ``paired_scores``, drawing the same samples for both methods: each draw's mean
+    score of the first and of the second."""
     picks = np.random.default_rng(seed).integers(0, len(pairs), size=(draws, len(pairs)))
     return pairs[picks, 0].mean(1), pairs[picks, 1].mean(1)
 
 
 def retention_interval(by_sample: dict[str, dict[str, float]], method: str) -> tuple[float, float]:
     """95% paired-bootstrap interval of ``method``'s mean score over the full model's, over the given samples."""
-    full, other = paired_resample_means(by_sample, "full", method)
+    full, other = paired_resample_means(paired_scores(by_sample, "full", method))
     ratios = np.divide(other, full, out=np.full(len(full), np.nan), where=full > 0)
     low, high = np.nanpercentile(ratios, [2.5, 97.5])
     return float(low), float(high)
@@ -75,10 +77,10 @@ def retention_interval(by_sample: dict[str, dict[str, float]], method: str) -> t
 def difference_interval(by_sample: dict[str, dict[str, float]], method: str, other: str) -> tuple[float, float, float]:
     """``method``'s mean score minus ``other``'s over the samples both answered, in points (0-100), with its 95%
     paired-bootstrap interval: (difference, low, high)."""
-    mine, theirs = paired_resample_means(by_sample, method, other)
+    pairs = paired_scores(by_sample, method, other)
+    mine, theirs = paired_resample_means(pairs)
     low, high = np.percentile(100 * (mine - theirs), [2.5, 97.5])
-    both = [s for s in by_sample.values() if method in s and other in s]
-    return 100 * float(np.mean([s[method] - s[other] for s in both])), float(low), float(high)
+    return 100 * float(np.mean(pairs[:, 0] - pairs[:, 1])), float(low), float(high)
 
 
 def read_methods(eval_dir: Path, bench_dir: Path | None = None, against: Sequence[str] = ()) -> tuple[str, list[dict]]:
