@@ -67,3 +67,20 @@ def pytest_report_header(config) -> str:
 def _no_grad():
     with torch.no_grad():
         yield
+
+
+def uninstalled_zoo_entry(name: str = "fake", sha256_prefix: str = ""):
+    """A zoo entry whose one package (``spts-no-such-dist-xyz==1.0``) is installed nowhere."""
+    from spts import zoo
+
+    return zoo.ZooEntry(
+        name=name,
+        description="not installed anywhere",
+        packages=("spts-no-such-dist-xyz==1.0",),
+        parts=(zoo.ZooPart("spts-no-such-dist-xyz", "x/m.gguf"),),
+        gguf_name="m.gguf",
+        architecture="llama",
+        num_layers=2,
+        chat=False,
+        sha256_prefix=sha256_prefix,
+    )

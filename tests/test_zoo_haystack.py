@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import uninstalled_zoo_entry
 from spts import zoo
 from spts.data import corpora
 from spts.data import haystack as hs
@@ -225,16 +226,7 @@ def test_unknown_zoo_name(call):
 
 
 def test_missing_package_says_pip_command(monkeypatch, tmp_path):
-    fake = zoo.ZooEntry(
-        name="fake",
-        description="not installed anywhere",
-        packages=("spts-no-such-dist-xyz==1.0",),
-        parts=(zoo.ZooPart("spts-no-such-dist-xyz", "x/model.gguf"),),
-        gguf_name="model.gguf",
-        architecture="llama",
-        num_layers=1,
-        chat=False,
-    )
+    fake = uninstalled_zoo_entry()
     monkeypatch.setattr(catalogue, "ZOO", {**zoo.ZOO, "fake": fake})  # where names are looked up
     monkeypatch.setenv("SPTS_CACHE_DIR", str(tmp_path))
     assert not zoo.is_installed("fake")
@@ -245,17 +237,7 @@ def test_missing_package_says_pip_command(monkeypatch, tmp_path):
 
 def test_gguf_dir_replaces_missing_packages(monkeypatch, tmp_path):
     """A whole GGUF in $SPTS_GGUF_DIR stands in for packages that are not installed; its bytes are still checked."""
-    entry = zoo.ZooEntry(
-        "fake",
-        "",
-        ("spts-no-such-dist-xyz==1.0",),
-        (zoo.ZooPart("spts-no-such-dist-xyz", "x/m.gguf"),),
-        "m.gguf",
-        "llama",
-        1,
-        False,
-        sha256_prefix=hashlib.sha256(b"GGUF ok").hexdigest()[:8],
-    )
+    entry = uninstalled_zoo_entry(sha256_prefix=hashlib.sha256(b"GGUF ok").hexdigest()[:8])
     monkeypatch.setattr(catalogue, "ZOO", {"fake": entry})
     monkeypatch.setenv("SPTS_GGUF_DIR", str(tmp_path))
     with pytest.raises(ModuleNotFoundError, match="spts-no-such-dist-xyz"):  # no file there: the packages
