@@ -44,11 +44,10 @@ def load_model(model: str, dtype, device: str):
 
     if model in catalogue.ZOO:
         return load_zoo_model(model, dtype, device)
-    if Path(model).is_dir():
-        tokenizer = AutoTokenizer.from_pretrained(model, local_files_only=True)
-        lm = AutoModelForCausalLM.from_pretrained(model, dtype=dtype, local_files_only=True).eval()
-    else:
+    if not Path(model).is_dir():
         raise typer.BadParameter(f"{model!r} is neither a zoo model ({', '.join(catalogue.ZOO)}) nor a model folder")
+    tokenizer = AutoTokenizer.from_pretrained(model, local_files_only=True)
+    lm = AutoModelForCausalLM.from_pretrained(model, dtype=dtype, local_files_only=True).eval()
     return lm.to(device), tokenizer
 
 
