@@ -54,12 +54,12 @@ from tqdm.auto import tqdm
 import spts
 from spts import SPTSConfig
 from spts.config import PRESETS
-from spts.eval.metrics import score
-from spts.eval.prompts import EvalSample, PromptRenderer
-from spts.eval.tasks import generate, resolve_tasks
 from spts.generation import decode_step, prefill_with_cache, stop_token_ids
 from spts.jsonl import read_rows
 from spts.runtime.transformers_api import model_cache_argument
+from spts.tasks import generate, resolve_tasks
+from spts.tasks.metrics import score
+from spts.tasks.prompts import EvalSample, PromptRenderer
 
 ROWS_FILE = "rows.jsonl"
 RUN_FILE = "run.json"

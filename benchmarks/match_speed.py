@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from spts.peers.spec import parse_peer_spec
+from spts.methods.peers.spec import parse_peer_spec
 
 
 def match(rows: list[dict], references: list[str]) -> list[tuple[str, str, float, float]]:

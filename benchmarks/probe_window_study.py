@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 
 from spts.adapters import adapter_for
-from spts.eval.prompts import PromptRenderer
-from spts.eval.tasks import generate, resolve_tasks
 from spts.machine import machine
 from spts.policies import layer_inputs, pool_scores, probe_layer_input
+from spts.tasks import generate, resolve_tasks
+from spts.tasks.prompts import PromptRenderer
 from spts.tuning.prompts import TUNE_SEED_OFFSET
 from spts.zoo import load_pretrained
 

@@ -92,7 +92,8 @@ def test_bench_cli_default_methods_are_the_harness_ablations_and_vllm_refuses_ot
     from typer.testing import CliRunner
 
     from spts.bench.harness import ABLATIONS
-    from spts.cli import BENCH_METHODS, app
+    from spts.cli import app
+    from spts.cli.bench import BENCH_METHODS
 
     assert BENCH_METHODS == ABLATIONS
     result = CliRunner().invoke(app, ["bench", "--engine", "vllm", "--methods", "full,spts", "--out", str(tmp_path)])

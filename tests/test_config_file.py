@@ -86,7 +86,7 @@ def test_a_missing_file_is_named(tmp_path):
 def test_the_commands_preset_option_takes_a_preset_or_a_config_file_and_refuses_the_rest(tmp_path):
     import typer
 
-    from spts.cli_common import base_config
+    from spts.cli.common import base_config
 
     model = tiny_model("llama")
     path = CONFIG.to_file(tmp_path / "tuned.json", model=model)

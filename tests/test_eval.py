@@ -30,7 +30,7 @@ from spts.eval import (
 )
 from spts.eval import runner as runner_module
 from spts.eval.report import markdown
-from spts.eval.tasks import insert_at_depths, resolve_tasks, sample_depth
+from spts.tasks import insert_at_depths, resolve_tasks, sample_depth
 from test_zoo_haystack import _tiny_tokenizer
 
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from spts.eval.metrics import (
+from spts.tasks.metrics import (
     classification,
     code_similarity,
     count,

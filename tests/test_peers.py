@@ -16,7 +16,7 @@ from conftest import FAMILIES, family_module, tiny_model
 from spts.adapters import adapter_for
 from spts.eval import resolve_method, resolve_methods
 from spts.generation import decode_step, greedy_tokens
-from spts.peers import GemFilter, fastkv_config, lazyllm_config
+from spts.methods.peers import GemFilter, fastkv_config, lazyllm_config
 
 BASE = spts.SPTSConfig(start_layer=2, stage_boundaries=(4,), budgets=(0.5, 0.25), delta=0.05)
 LENGTH, NEW_TOKENS = 64, 4

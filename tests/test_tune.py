@@ -18,9 +18,10 @@ from conftest import FAMILIES, tiny_model
 from spts import SPTSConfig
 from spts.cli import app
 from spts.eval import PromptRenderer, build_samples
+from spts.runtime.replay import replay_prefix
 from spts.tuning import TuneError, TuneResumeError, TuneSettings, tune
 from spts.tuning import api as api_module
-from spts.tuning.objective import answer_fidelity, reference_run, replay_prefix, score_config
+from spts.tuning.objective import answer_fidelity, reference_run, score_config
 from spts.tuning.prompts import TUNE_SEED_OFFSET, file_prompts, generated_prompts
 from spts.tuning.search import Aggregate, Target, ranking, rung_sizes, successive_halving
 from spts.tuning.space import build_grid, fingerprint, parse_space, subsample
@@ -190,7 +191,7 @@ def test_replayed_prefill_is_exact_and_computes_no_prefix_layer(setup, family):
         with torch.inference_mode(), spts.enabled(model, config):
             normal = model(ids, use_cache=True)
             normal_calls, calls[:] = list(calls), []
-            with replay_prefix(model, reference, config.start_layer):
+            with replay_prefix(model, reference.prefix, config.start_layer):
                 replayed = model(ids, use_cache=True)
     finally:
         for handle in handles:

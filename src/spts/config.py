@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from spts.config_file import ConfigFileError, check_made_for, read_config_file, write_config_file
+
 Budget = int | float
 """An int is an absolute token count (as in the paper); a float in (0, 1] a fraction of the prompt."""
 
@@ -198,15 +200,17 @@ class SPTSConfig:
     @classmethod
     def from_file(cls, path: str | os.PathLike, model: Any = None) -> SPTSConfig:
         """Read a config file (``spts tune`` writes them); with ``model``, refuse a file made for another model."""
-        from spts.config_file import load_config
-
-        return load_config(path, model)
+        fields, made_for = read_config_file(path)
+        try:
+            config = cls(**fields)
+        except (TypeError, ValueError) as error:
+            raise ConfigFileError(f"{path} holds an invalid SPTS config: {error}") from None
+        check_made_for(path, made_for, model)
+        return config
 
     def to_file(self, path: str | os.PathLike, model: Any = None, metadata: dict[str, Any] | None = None) -> Path:
         """Write this config as JSON; with ``model``, record its family and layer count for checking on load."""
-        from spts.config_file import save_config
-
-        return save_config(self, path, model, metadata)
+        return write_config_file(self.to_dict(), path, model, metadata)
 
     def with_(self, **changes: Any) -> SPTSConfig:
         """A copy with some fields changed (validated again)."""

@@ -1,7 +1,8 @@
-"""SPTS configs as JSON files: what ``spts tune`` writes and ``spts.enable(model, "tuned.json")`` reads.
+"""The SPTS config file format: what ``spts tune`` writes and ``spts.enable(model, "tuned.json")`` reads.
 
 A file records the model it was made for (family and layer count), so a schedule tuned for one
-model is refused, with a clear error, on a model with another layer count or family.
+model is refused, with a clear error, on a model with another layer count or family. This module knows the file,
+not the config: :meth:`spts.config.SPTSConfig.from_file` and ``to_file`` build on it.
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ import json
 import os
 from pathlib import Path
 from typing import Any
-
-from spts.config import SPTSConfig
 
 FORMAT = "spts-config"
 VERSION = 1
@@ -27,15 +26,15 @@ def model_identity(model_or_config: Any) -> dict[str, Any]:
     return {"model_type": getattr(config, "model_type", None), "num_layers": getattr(config, "num_hidden_layers", None)}
 
 
-def save_config(
-    config: SPTSConfig, path: str | os.PathLike, model: Any = None, metadata: dict[str, Any] | None = None
+def write_config_file(
+    fields: dict[str, Any], path: str | os.PathLike, model: Any = None, metadata: dict[str, Any] | None = None
 ) -> Path:
-    """Write ``config`` (and, if given, the model it is for and free-form ``metadata``) to ``path`` as JSON."""
+    """Write a config's ``fields`` (and, if given, the model it is for and free-form ``metadata``) to ``path``."""
     path = Path(path)
     payload = {
         "format": FORMAT,
         "version": VERSION,
-        "config": config.to_dict(),
+        "config": fields,
         "model": model_identity(model) if model is not None else None,
         "metadata": metadata or {},
     }
@@ -44,8 +43,8 @@ def save_config(
     return path
 
 
-def load_config(path: str | os.PathLike, model: Any = None) -> SPTSConfig:
-    """Read a config file; with ``model``, also check that the file was made for a model like it."""
+def read_config_file(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """A config file's fields (not yet validated) and the identity of the model it was made for, if recorded."""
     path = Path(path)
     try:
         payload = json.loads(path.read_text())
@@ -61,17 +60,17 @@ def load_config(path: str | os.PathLike, model: Any = None) -> SPTSConfig:
     fields = payload.get("config")
     if not isinstance(fields, dict):
         raise ConfigFileError(f'{path} has no "config" object')
-    try:
-        config = SPTSConfig(**fields)
-    except (TypeError, ValueError) as error:
-        raise ConfigFileError(f"{path} holds an invalid SPTS config: {error}") from None
-    made_for = payload.get("model")
-    if model is not None and made_for:
-        here = model_identity(model)
-        different = {k: (v, here.get(k)) for k, v in made_for.items() if v is not None and here.get(k) != v}
-        if different:
-            described = ", ".join(f"{k} {want} (this model: {have})" for k, (want, have) in different.items())
-            raise ConfigFileError(
-                f"{path} was made for another model ({described}); tune a schedule for this model with spts tune"
-            )
-    return config
+    return fields, payload.get("model")
+
+
+def check_made_for(path: str | os.PathLike, made_for: dict[str, Any] | None, model: Any) -> None:
+    """Refuse a file made for a model unlike ``model`` (another family or layer count)."""
+    if model is None or not made_for:
+        return
+    here = model_identity(model)
+    different = {k: (v, here.get(k)) for k, v in made_for.items() if v is not None and here.get(k) != v}
+    if different:
+        described = ", ".join(f"{k} {want} (this model: {have})" for k, (want, have) in different.items())
+        raise ConfigFileError(
+            f"{path} was made for another model ({described}); tune a schedule for this model with spts tune"
+        )

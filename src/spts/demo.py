@@ -8,12 +8,11 @@ from typing import Any
 
 import torch
 
-import spts
-from spts.bench import time_calls
 from spts.config import SPTSConfig
 from spts.data.haystack import NeedlePrompt, build_needle_prompt, prompt_input_ids
 from spts.generation import greedy_continue, prefill_with_cache
-from spts.runtime import cache_nbytes
+from spts.runtime import cache_nbytes, cache_tokens_per_layer, enabled
+from spts.runtime.timing import time_calls
 
 
 @dataclass(frozen=True)
@@ -97,20 +96,20 @@ def run_demo(
         results["full"] = prefill_with_cache(model, ids)
 
     def spts_prefill() -> None:
-        with spts.enabled(model, config, proxies):
+        with enabled(model, config, proxies):
             results["spts"] = prefill_with_cache(model, ids)
 
     warm_ids = ids[:, -256:]
     with torch.inference_mode():  # warm-up on a short prompt: kernels and allocator, not a full prefill
         model(warm_ids)
-        with spts.enabled(model, config, proxies):
+        with enabled(model, config, proxies):
             model(warm_ids)
     timings = time_calls({"full": full_prefill, "spts": spts_prefill}, device, repeats=repeats, warmup=0)
     runs = {}
     for method, (logits, cache) in results.items():
-        kv_tokens = sum(spts.cache_tokens_per_layer(cache))
+        kv_tokens = sum(cache_tokens_per_layer(cache))
         kv_bytes = cache_nbytes(cache)
-        with spts.enabled(model, config, proxies) if method == "spts" else contextlib.nullcontext():
+        with enabled(model, config, proxies) if method == "spts" else contextlib.nullcontext():
             answer = greedy_continue(model, tokenizer, logits, cache, max_new_tokens)
         runs[method] = DemoRun(
             method=method,

@@ -21,15 +21,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-import spts
 from spts.adapters import adapter_for
-from spts.bench.timing import time_calls
 from spts.config import SPTSConfig
-from spts.eval.methods import Method, resolve_methods
 from spts.generation import decode_step
+from spts.methods import Method, resolve_methods
 from spts.runtime import cache_nbytes
 from spts.runtime.decode import StaticDecoder
-from spts.runtime.timing import IntervalTimer
+from spts.runtime.engine import ffn_scorer, last_stats
+from spts.runtime.timing import IntervalTimer, time_calls
 
 # Real architectures at real shapes; random weights time them faithfully (no checkpoint needed).
 SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
@@ -153,7 +152,7 @@ def _measure_once(
             total.stop()
             kv_fraction = method.kv_fraction(model, cache, ids.shape[-1])
             if method.config is not None:
-                probe_share = spts.last_stats(model).probe_time_share
+                probe_share = last_stats(model).probe_time_share
     finally:
         for handle in handles:
             handle.remove()
@@ -244,7 +243,7 @@ def run_bench(
     methods: Sequence[Method] | None = None,
 ) -> list[BenchRow]:
     """Time every method (default: :func:`ablations` of ``config``; else ``spts eval`` methods, see
-    :func:`spts.eval.resolve_methods`, ``full`` among them as the baseline) at every length; append rows to
+    :func:`spts.methods.resolve_methods`, ``full`` among them as the baseline) at every length; append rows to
     ``out_dir/rows.jsonl``.
 
     Per method: TTFT (prefill with ``logits_to_keep=1``, interleaved repeats, median); with ``decode``,
@@ -263,7 +262,7 @@ def run_bench(
     methods = {m.name: m for m in methods} if methods else ablations(config)
     _require_baseline(methods)
     # LTP proxies are loaded, checked and moved once, not inside every timed call.
-    scorers = {name: spts.ffn_scorer(model, m.config, proxies) if m.config else None for name, m in methods.items()}
+    scorers = {name: ffn_scorer(model, m.config, proxies) if m.config else None for name, m in methods.items()}
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     for length in tqdm(lengths, desc="lengths", disable=not progress):

@@ -22,13 +22,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-import spts
-from spts.eval.methods import Method
-from spts.eval.metrics import score
-from spts.eval.prefix import PrefixRecording, recording, replays, reuse_depth
-from spts.eval.prompts import EvalSample, PromptRenderer
+from spts.eval.prefix import prefix_seconds, replaying, replays, reuse_depth
 from spts.generation import greedy_continue
 from spts.jsonl import read_rows
+from spts.methods import Method
+from spts.runtime.engine import ffn_scorer
+from spts.runtime.replay import RecordedPrefix, recording
+from spts.tasks.metrics import score
+from spts.tasks.prompts import EvalSample, PromptRenderer
 
 ROWS_FILE = "samples.jsonl"
 RUN_FILE = "run.json"
@@ -141,8 +142,8 @@ def run_method(
     method: Method,
     proxies: Any = None,
     *,
-    record: PrefixRecording | None = None,
-    prefix: PrefixRecording | None = None,
+    record: RecordedPrefix | None = None,
+    prefix: RecordedPrefix | None = None,
 ) -> dict[str, Any]:
     """One sample under one method: timed prefill, greedy reply from its cache, score.
 
@@ -159,7 +160,7 @@ def run_method(
                     raise ValueError(f"only the full model records a prefix, not {method.name!r}")
                 started = prefill_hooks.enter_context(recording(model, record, clock))
             if prefix is not None:
-                prefill_hooks.enter_context(prefix.replaying(model, method))
+                prefill_hooks.enter_context(replaying(model, prefix, method))
             start = clock()
             if started is not None:
                 started()
@@ -190,7 +191,7 @@ def run_method(
     }
     if prefix is not None:
         # Its TTFT: the full model's time for the replayed layers on this sample, plus its own prefill.
-        row["prefix_reused_s"] = prefix.prefix_seconds(method)
+        row["prefix_reused_s"] = prefix_seconds(prefix, method)
         row["ttft_s"] = ttft + row["prefix_reused_s"]
     return row
 
@@ -244,7 +245,7 @@ def run_eval(
     pending = [(s, ms) for s, ms in pending if ms]
     device = next(model.parameters()).device
     # LTP proxies are loaded, checked and moved once, not inside every timed prefill.
-    scorers = {m.name: spts.ffn_scorer(model, m.config, proxies) if m.config else None for m in methods}
+    scorers = {m.name: ffn_scorer(model, m.config, proxies) if m.config else None for m in methods}
     if pending:
         _warm_up(model, renderer, pending[0][0], methods, scorers, device)
     run_id = uuid.uuid4().hex[:12]
@@ -254,7 +255,7 @@ def run_eval(
             ids = (prompts[sample.sample_id] if sample.sample_id in prompts else renderer.input_ids(sample)).to(device)
             full = next((m for m in todo if m.unmodified), None)
             depth = reuse_depth(todo) if reuse_prefix and full is not None else 0
-            recorded = PrefixRecording.empty(sample.sample_id, ids, depth) if depth else None
+            recorded = RecordedPrefix.empty(ids, depth) if depth else None
             if recorded is not None:  # the full model first: it records what the others replay
                 todo = [full, *(m for m in todo if m is not full)]
             for method in todo:

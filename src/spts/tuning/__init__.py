@@ -9,8 +9,8 @@ A grid of schedules (:mod:`spts.tuning.space`) is ranked for speed by a cost mod
 (:mod:`spts.tuning.objective`), by successive halving (:mod:`spts.tuning.search`); outputs in
 :mod:`spts.tuning.report`. Details: docs/tune.md.
 
-Names load on first use (PEP 562), so that importing ``spts`` or ``spts.cli`` (which registers
-``spts.tuning.command``) does not also load the task generators, the search and the reports.
+Names load on first use (PEP 562), so that importing ``spts`` does not also load the task generators, the search
+and the reports.
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from spts.config import SPTSConfig
-from spts.eval.prompts import PromptRenderer
 from spts.runtime.engine import ffn_scorer, is_enabled
+from spts.tasks.prompts import PromptRenderer
 from spts.tuning import report
 from spts.tuning.objective import ANSWER_TOKENS, reference_run, score_config
 from spts.tuning.prompts import DEFAULT_TASKS, CalibrationPrompt, file_prompts, generated_prompts

@@ -1,5 +1,5 @@
-"""The tuning objective: how faithfully a config reproduces the full model's own answer, and the prefix replay
-that makes scoring a config cost only its skipping layers.
+"""The tuning objective: how faithfully a config reproduces the full model's own answer; prefix replay
+(:mod:`spts.runtime.replay`) makes scoring a config cost only its skipping layers.
 
 Per prompt, the full model runs once: its greedy answer (up to ``ANSWER_TOKENS`` tokens, ending at a stop token,
 which is kept as part of the answer) and, for every layer below the deepest start layer still to score, the
@@ -19,19 +19,17 @@ agreement measures whether the compressed cache still supports the rest of the a
 from __future__ import annotations
 
 import contextlib
-import functools
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from spts.adapters import adapter_for
 from spts.config import SPTSConfig
 from spts.generation import decode_step, stop_token_ids
 from spts.runtime.engine import enabled
-from spts.runtime.transformers_api import cache_argument, model_cache_argument, output_cache
+from spts.runtime.replay import RecordedPrefix, recording, replay_prefix
+from spts.runtime.transformers_api import model_cache_argument, output_cache
 
 ANSWER_TOKENS = 16
 
@@ -41,17 +39,19 @@ class Reference:
     """The full model on one prompt: its answer, and what layers ``[0, depth)`` computed."""
 
     prompt_id: str
-    input_ids: torch.Tensor
+    prefix: RecordedPrefix = field(repr=False)
     answer_ids: list[int]
     full_logprobs: list[float]
     answer_text: str = ""
-    layer_outputs: list[Any] = field(default_factory=list, repr=False)
-    layer_kv: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list, repr=False)
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return self.prefix.input_ids
 
     @property
     def depth(self) -> int:
         """Layers recorded: configs starting at most here can replay their prefix."""
-        return len(self.layer_outputs)
+        return self.prefix.depth
 
     def to_row(self) -> dict[str, Any]:
         return {
@@ -73,18 +73,11 @@ def reference_run(
     answer_tokens: int = ANSWER_TOKENS,
 ) -> Reference:
     """Prefill ``input_ids`` with the unmodified model, recording layers ``[0, depth)``; then its greedy answer."""
-    layers = adapter_for(model).layers()
-    outputs: list[Any] = [None] * depth
-    handles = [layers[i].register_forward_hook(functools.partial(_record_output, outputs, i)) for i in range(depth)]
-    try:
-        with torch.inference_mode():
-            out = model(input_ids, use_cache=True, logits_to_keep=1)
-    finally:
-        for handle in handles:
-            handle.remove()
+    prefix = RecordedPrefix.empty(input_ids, depth)
+    # The cache's own tensors, not copies: decoding below appends by concatenation, leaving them untouched.
+    with torch.inference_mode(), recording(model, prefix, copy=False):
+        out = model(input_ids, use_cache=True, logits_to_keep=1)
     cache = output_cache(out)
-    # References to the prompt's tensors: decoding below appends by concatenation, leaving these untouched.
-    kv = [(cache.layers[i].keys, cache.layers[i].values) for i in range(depth)]
     stops = stop_token_ids(model, tokenizer)
     step = decode_step(model, cache, answer_tokens, fast=False)
     logits = out.logits[:, -1]
@@ -99,45 +92,7 @@ def reference_run(
                 break
             logits = step(torch.tensor([[token]], device=input_ids.device))
     text = tokenizer.decode(answer, skip_special_tokens=True).strip() if tokenizer is not None else ""
-    return Reference(prompt_id, input_ids, answer, logprobs, text, outputs, kv)
-
-
-def _record_output(outputs: list[Any], index: int, module: nn.Module, args: Any, output: Any) -> None:
-    outputs[index] = output
-
-
-def _replayed_forward(reference: Reference, layer_idx: int, hidden_states: torch.Tensor, *args: Any, **kwargs: Any):
-    if hidden_states.shape[1] != reference.input_ids.shape[-1]:
-        raise RuntimeError(
-            f"layer {layer_idx} replays a {reference.input_ids.shape[-1]}-token prefill but was called on "
-            f"{hidden_states.shape[1]} tokens"
-        )
-    _, cache = cache_argument(kwargs)
-    if cache is not None:
-        keys, values = reference.layer_kv[layer_idx]
-        cache.update(keys, values, layer_idx)
-    return reference.layer_outputs[layer_idx]
-
-
-@contextlib.contextmanager
-def replay_prefix(model: nn.Module, reference: Reference, upto: int) -> Iterator[None]:
-    """Within the block, layers ``[0, upto)`` return the reference's recorded outputs and write its recorded
-    keys/values into the cache they are given, instead of computing. Instance attributes only; restored after."""
-    if upto > reference.depth:
-        raise ValueError(f"the reference recorded {reference.depth} layers; cannot replay {upto}")
-    layers = adapter_for(model).layers()
-    saved = {}
-    for i in range(upto):
-        saved[i] = layers[i].__dict__.get("forward")
-        layers[i].forward = functools.partial(_replayed_forward, reference, i)
-    try:
-        yield
-    finally:
-        for i, previous in saved.items():
-            if previous is None:
-                del layers[i].forward
-            else:
-                layers[i].forward = previous
+    return Reference(prompt_id, prefix, answer, logprobs, text)
 
 
 @dataclass(frozen=True)
@@ -178,7 +133,7 @@ def score_config(
     False), then teacher-force the full answer over the config's cache in one forward."""
     ids = reference.input_ids
     answer = torch.tensor([reference.answer_ids], device=ids.device)
-    prefix = replay_prefix(model, reference, config.start_layer) if replay else contextlib.nullcontext()
+    prefix = replay_prefix(model, reference.prefix, config.start_layer) if replay else contextlib.nullcontext()
     with torch.inference_mode(), enabled(model, config, proxies):
         with prefix:
             out = model(ids, use_cache=True, logits_to_keep=1)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from spts.eval.prompts import PromptRenderer
-from spts.eval.tasks import TASKS, generate, resolve_tasks
+from spts.tasks import TASKS, generate, resolve_tasks
+from spts.tasks.prompts import PromptRenderer
 
 TUNE_SEED_OFFSET = 1_000_000
 """Generator seed of tuning prompts = this + ``--seed``; ``spts eval`` uses ``--seed`` itself (default 0)."""

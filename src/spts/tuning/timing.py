@@ -26,9 +26,9 @@ import torch
 from torch import nn
 
 from spts.adapters import adapter_for
-from spts.bench.timing import time_calls
 from spts.config import SPTSConfig
 from spts.policies import FFNScorer
+from spts.runtime.timing import time_calls
 from spts.tuning.speed import FILE, SpeedModel, fit_polynomial, speed_key
 
 DEGREES = {"attention": 2, "ffn": 1, "probe": 1, "move": 1, "ffn_score": 1}

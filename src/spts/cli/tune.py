@@ -1,8 +1,5 @@
-"""``spts tune``: the command line of :func:`spts.tuning.tune` (registered on ``spts.cli.app``).
-
-Only typer is imported here at module level, so ``spts --help`` stays fast; the model, torch and the search load
-when the command runs.
-"""
+"""``spts tune``: search an SPTS schedule for one model on this machine, the command line of
+:func:`spts.tuning.tune`."""
 
 from __future__ import annotations
 
@@ -10,6 +7,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from spts.cli.common import command_line, console, load_model
 
 
 def tune_command(
@@ -50,8 +49,6 @@ def tune_command(
     """Search an SPTS schedule for one model on this machine (resumable); writes tuned.json and reports."""
     import torch
 
-    from spts.cli import console
-    from spts.cli_common import command_line, load_model
     from spts.tuning import TuneError, TuneSettings
     from spts.tuning import tune as run_tune
     from spts.tuning.prompts import read_prompt_file
@@ -75,7 +72,7 @@ def tune_command(
         if prompt_file is not None:
             read_prompt_file(prompt_file)
         else:
-            from spts.eval.tasks import resolve_tasks
+            from spts.tasks import resolve_tasks
 
             resolve_tasks(list(settings.tasks))
     except ValueError as error:

@@ -9,11 +9,11 @@ Each is exact at unlimited budget (every token kept: the unmodified model's logi
 defaults and where we differ from the papers' code: docs/peers.md.
 """
 
-from spts.peers.base import PeerPrefill
-from spts.peers.fastkv import fastkv_config
-from spts.peers.gemfilter import GemFilter
-from spts.peers.lazyllm import lazyllm_config
-from spts.peers.spec import PEERS, SYNTAX, PeerSpec, build_peer, parse_peer_spec
+from spts.methods.peers.base import PeerPrefill
+from spts.methods.peers.fastkv import fastkv_config
+from spts.methods.peers.gemfilter import GemFilter
+from spts.methods.peers.lazyllm import lazyllm_config
+from spts.methods.peers.spec import PEERS, SYNTAX, PeerSpec, build_peer, parse_peer_spec
 
 __all__ = [
     "PEERS",

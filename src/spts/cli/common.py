@@ -5,11 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.console import Console
+
+console = Console()
+"""Where every command prints its tables and progress."""
 
 
 def base_config(preset: str | None, model: str, lm):
     """--preset (a preset name or a config file), else the model's own preset, else a config derived for it."""
-    from spts import PRESETS, SPTSConfig
+    from spts.config import PRESETS, SPTSConfig
 
     name = preset or (model if model in PRESETS else None)
     try:
@@ -63,3 +67,11 @@ def command_line(ctx: typer.Context) -> str:
         elif value is not None:
             parts.append(f"{flag} {value}")
     return " ".join(parts)
+
+
+def describe_config(config, ltp: bool) -> str:
+    """One line naming a config's schedule and FFN policy, for report headers."""
+    return (
+        f"{config.name}: start {config.start_layer}, boundaries {config.stage_boundaries}, budgets {config.budgets}, "
+        f"delta {config.delta}, pool {config.pool_kernel}; FFN policy {'LTP' if ltp else 'attention score'}"
+    )

@@ -15,10 +15,10 @@ from torch import nn
 
 from spts.adapters import adapter_for
 from spts.config import Budget, SPTSConfig
-from spts.peers.base import PeerPrefill, format_keep, num_layers_of
-from spts.peers.fastkv import fastkv_config
-from spts.peers.gemfilter import GemFilter
-from spts.peers.lazyllm import lazyllm_config
+from spts.methods.peers.base import PeerPrefill, format_keep, num_layers_of
+from spts.methods.peers.fastkv import fastkv_config
+from spts.methods.peers.gemfilter import GemFilter
+from spts.methods.peers.lazyllm import lazyllm_config
 from spts.runtime.checks import check_model
 
 PEERS = ("gemfilter", "fastkv", "lazyllm")

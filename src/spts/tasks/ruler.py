@@ -16,7 +16,7 @@ from collections.abc import Callable
 from functools import lru_cache
 
 from spts.data.corpora import haystack_sentences
-from spts.eval.tasks.base import Built, TaskSpec, insert_at_depths
+from spts.tasks.base import Built, TaskSpec, insert_at_depths
 
 _NIAH = (
     "Some special magic {kind} are hidden within the following text. Make sure to memorize it. "

@@ -16,7 +16,7 @@ utils.py`` (FastKVCluster.update_kv) and ``eval/run_longbench.py``; docs/peers.m
 from __future__ import annotations
 
 from spts.config import Budget, SPTSConfig
-from spts.peers.base import check_keep, check_layer, format_keep, scaled_layer
+from spts.methods.peers.base import check_keep, check_layer, format_keep, scaled_layer
 
 # FastKV's defaults: --tsp_idx 15 for LLaMA-3.1-8B's 32 layers, --window_size 8, --kernel_size 7, --pooling maxpool
 # (eval/run_longbench.py); keep 20% of the prompt (scripts/eval_*.sh: eviction_mode=proportional, tsp_rate=0.2).

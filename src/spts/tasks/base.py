@@ -7,7 +7,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from spts.eval.prompts import EvalSample, PromptRenderer
+from spts.tasks.prompts import EvalSample, PromptRenderer
 
 #: A generator's output for ``k`` filler units: the user turn, the answer prefix, the references and the
 #: relative depth of the information the answer needs (None when it is spread over the context).

@@ -1,7 +1,5 @@
-"""The methods an evaluation compares: the full model, SPTS at chosen budgets, and its ablations.
-
-A method is a name plus what :func:`spts.enable` needs (or nothing, for the full model). Methods are
-named on the command line by short specs, resolved against a base SPTS config:
+"""Methods by name: the short specs that ``spts eval``, ``spts bench`` and the tuner take, resolved against a
+base SPTS config:
 
 * ``full``: the unmodified model;
 * ``spts``: the base config; ``spts@0.5``: its budgets scaled by 0.5 (any factor > 0);
@@ -17,104 +15,23 @@ named on the command line by short specs, resolved against a base SPTS config:
 * ``file:<path>`` or a path ending in ``.json``: a config file (``spts tune``'s ``tuned.json``, or
   ``SPTSConfig.to_file``), named after the file (``runs/tune/tuned.json`` is ``tuned``); ``<name>=<path>`` names
   it yourself, e.g. ``tuned15=runs/tune15/tuned.json``;
-* peer methods (:mod:`spts.peers`, docs/peers.md), which need the model: ``gemfilter[@<keep>][:L<layer>]``
+* peer methods (:mod:`spts.methods.peers`, docs/peers.md), which need the model: ``gemfilter[@<keep>][:L<layer>]``
   (GemFilter: a filter layer picks ``keep`` tokens, the unmodified model reads only them),
   ``fastkv[@<keep>][:L<layer>]`` (FastKV's token-selective propagation past a layer) and ``lazyllm[@<scale>]``
   (LazyLLM-style progressive pruning); ``keep`` is a token count (``@1024``) or a fraction of the prompt
   (``@0.1``), e.g. ``gemfilter@0.1:L13``, ``fastkv@2048``, ``lazyllm@0.5``.
-
-Every method runs the same way (:meth:`Method.applied`, then :meth:`Method.prefill`), so the eval runner and the
-bench harness time and decode each alike.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import hashlib
-import json
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
 from spts.config import SPTSConfig
-from spts.config_file import load_config
-from spts.generation import prefill_with_cache
-from spts.peers import SYNTAX as PEER_SYNTAX
-from spts.peers import PeerPrefill, build_peer, parse_peer_spec
-from spts.runtime.cache import cache_tokens_per_layer
-from spts.runtime.engine import enabled, last_stats
-
-
-@dataclass(frozen=True)
-class Method:
-    name: str
-    config: SPTSConfig | None = None
-    """None runs the unmodified model (or ``peer``'s prefill)."""
-    selection: str = "probe"
-    peer: PeerPrefill | None = None
-    """A prefill of its own over the unmodified model (GemFilter), for methods no SPTS config expresses."""
-
-    def __post_init__(self) -> None:
-        if self.peer is not None and self.config is not None:
-            raise ValueError(f"method {self.name!r}: a peer runs its own prefill; give it no SPTS config")
-
-    @property
-    def unmodified(self) -> bool:
-        """Whether this is the full model: neither an SPTS config nor a peer's prefill."""
-        return self.config is None and self.peer is None
-
-    @contextlib.contextmanager
-    def applied(self, model: nn.Module, proxies: Any = None) -> Iterator[nn.Module]:
-        """The model as this method runs it: SPTS enabled with its config (``proxies``: its FFN scorer), else as is."""
-        if self.config is None:
-            yield model
-        else:
-            with enabled(model, self.config, proxies, self.selection):
-                yield model
-
-    def prefill(self, model: nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        """Within :meth:`applied`: the prefill that yields the first token, i.e. last-position logits (B, vocab)
-        and the cache to decode from (the model's forward, SPTS's if enabled, or the peer's own passes)."""
-        return prefill_with_cache(model, ids) if self.peer is None else self.peer.prefill(model, ids)
-
-    def kv_fraction(self, model: nn.Module, cache: Any, prompt_length: int) -> float:
-        """Cached tokens of the last :meth:`prefill` over what the full model caches (1.0 = no compression)."""
-        if self.config is not None:
-            return last_stats(model).kv_fraction
-        if self.peer is None:
-            return 1.0
-        held = cache_tokens_per_layer(cache)
-        return sum(held) / (prompt_length * len(held))
-
-    @property
-    def fingerprint(self) -> str:
-        """Short hash of everything that decides this method's outputs (not its name)."""
-        config = None
-        if self.config:
-            # The first release's fields always count; fields added since count only away from their default
-            # (which keeps the old behaviour), so results recorded before they existed still resume.
-            defaults = {f.name: f.default for f in dataclasses.fields(SPTSConfig)}
-            config = {
-                k: v
-                for k, v in self.config.to_dict().items()
-                if k in _FIRST_FIELDS or (k != "name" and v != defaults[k])
-            }
-        payload: dict[str, Any] = {"config": config, "selection": self.selection}
-        if self.peer is not None:  # only then, so that every other method keeps its recorded fingerprint
-            payload["peer"] = self.peer.describe()
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
-
-
-_FIRST_FIELDS = frozenset(
-    ("start_layer", "stage_boundaries", "budgets", "delta", "probe_tokens", "pool_kernel", "skip_attention",
-     "skip_ffn", "prune")
-)  # fmt: skip
+from spts.methods.method import Method
+from spts.methods.peers import SYNTAX as PEER_SYNTAX
+from spts.methods.peers import build_peer, parse_peer_spec
 
 
 def scale_budgets(config: SPTSConfig, factor: float) -> SPTSConfig:
@@ -157,7 +74,7 @@ def _file_method(spec: str, model: Any) -> Method | None:
             f"method {spec!r}: a config file's name before '=' may use letters, digits, '_', '.', '@', '-'"
         )
     path = path.removeprefix("file:")
-    return Method(name or Path(path).stem, load_config(path, model))
+    return Method(name or Path(path).stem, SPTSConfig.from_file(path, model))
 
 
 def resolve_method(spec: str, base: SPTSConfig, model: Any = None) -> Method:

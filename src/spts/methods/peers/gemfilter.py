@@ -20,7 +20,7 @@ from torch import nn
 from spts.adapters import DecoderAdapter, adapter_for
 from spts.config import Budget
 from spts.errors import UnsupportedModelError
-from spts.peers.base import check_keep, check_layer, kept_tokens, num_layers_of, scaled_layer
+from spts.methods.peers.base import check_keep, check_layer, kept_tokens, num_layers_of, scaled_layer
 from spts.policies import top_tokens
 from spts.runtime.engine import is_enabled
 from spts.runtime.transformers_api import incompatible, output_cache
