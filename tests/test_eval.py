@@ -121,7 +121,8 @@ def test_build_samples_interleaves_tasks_and_extends(renderer):
 
 def test_task_groups_and_errors(renderer):
     assert [s.name for s in resolve_tasks("qa")] == ["qa_squad", "qa_hotpotqa"]
-    assert len(resolve_tasks("all")) == len(TASKS)
+    assert len(resolve_tasks("all")) + len(resolve_tasks("lbf")) == len(TASKS)  # two families
+    assert [s.name for s in resolve_tasks("all,lbf")] == list(TASKS)
     with pytest.raises(ValueError, match="unknown task 'niah'"):
         resolve_tasks("niah")
     with pytest.raises(ValueError, match="too small"):

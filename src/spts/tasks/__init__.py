@@ -5,18 +5,21 @@ graded (:mod:`spts.tasks.metrics`). The evaluation and the tuner both draw their
 from collections.abc import Sequence
 
 from spts.tasks.base import TaskSpec, generate, insert_at_depths, sample_depth
-from spts.tasks.longbench import longbench_samples
+from spts.tasks.longbench import longbench_samples, write_longbench_files
+from spts.tasks.longbench_format import LONGBENCH_FORMAT_TASKS
 from spts.tasks.prompts import EvalSample, PromptRenderer
 from spts.tasks.qa import QA_TASKS
 from spts.tasks.ruler import RULER_TASKS
 
 #: Every generated task by name.
-TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (*RULER_TASKS, *QA_TASKS)}
-#: Names accepted for a set of tasks.
+TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (*RULER_TASKS, *QA_TASKS, *LONGBENCH_FORMAT_TASKS)}
+#: Names accepted for a set of tasks. ``all`` is the first family (RULER-style and QA, as it always was); ``lbf``
+#: the LongBench-format family (:mod:`spts.tasks.longbench_format`).
 GROUPS: dict[str, tuple[str, ...]] = {
     "ruler": tuple(s.name for s in RULER_TASKS),
     "qa": tuple(s.name for s in QA_TASKS),
-    "all": tuple(TASKS),
+    "all": tuple(s.name for s in (*RULER_TASKS, *QA_TASKS)),
+    "lbf": tuple(s.name for s in LONGBENCH_FORMAT_TASKS),
 }
 
 
@@ -66,4 +69,5 @@ __all__ = [
     "longbench_samples",
     "resolve_tasks",
     "sample_depth",
+    "write_longbench_files",
 ]

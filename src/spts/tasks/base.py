@@ -6,12 +6,21 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from spts.tasks.prompts import EvalSample, PromptRenderer
 
-#: A generator's output for ``k`` filler units: the user turn, the answer prefix, the references and the
-#: relative depth of the information the answer needs (None when it is spread over the context).
-Built = tuple[str, str, tuple[str, ...], float | None]
+
+class Built(NamedTuple):
+    """A generator's output for ``k`` filler units."""
+
+    user: str
+    answer_prefix: str
+    references: tuple[str, ...]
+    depth: float | None
+    """Relative depth of the information the answer needs (None when it is spread over the context)."""
+    record: dict[str, Any] | None = None
+    """The sample as a LongBench record (``context``, ``input``, ``answers``), for the LongBench-format family."""
 
 
 @dataclass(frozen=True)
@@ -31,6 +40,16 @@ class TaskSpec:
     prepare: Callable[[random.Random, float, int], tuple[Callable[[int], Built], int]]
     uses_depth: bool = True
     description: str = ""
+    use_chat_template: bool = True
+    """False for formats that are better off without one (LongBench's few-shot and code tasks)."""
+    first_line_only: bool = False
+    length_spread: float = 0.0
+    """Prompts are fitted to a length drawn uniformly from ``[(1 - length_spread) * target, target]`` tokens
+    (each sample its own), as real data sets vary in length; 0 fits every prompt to the target."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.length_spread < 1.0:
+            raise ValueError(f"task {self.name}: length_spread must be in [0, 1), got {self.length_spread}")
 
 
 def sample_depth(index: int) -> float:
@@ -49,12 +68,18 @@ def insert_at_depths(units: Sequence[str], items: Sequence[tuple[float, str]]) -
     return out
 
 
-def fit(renderer: PromptRenderer, target_tokens: int, make: Callable[[int], Built], units: int) -> Built:
+def fit(
+    renderer: PromptRenderer,
+    target_tokens: int,
+    make: Callable[[int], Built],
+    units: int,
+    use_chat_template: bool = True,
+) -> Built:
     """The build with the most filler units whose rendered prompt is at most ``target_tokens`` tokens."""
 
     def tokens(k: int) -> int:
-        user, prefix, _, _ = make(k)
-        return renderer.count(user, prefix)
+        built = make(k)
+        return renderer.count(built[0], built[1], use_chat_template)
 
     if tokens(0) > target_tokens:
         raise ValueError(
@@ -81,17 +106,24 @@ def generate(
     used_depth = sample_depth(index) if depth is None else depth
     rng = random.Random(f"spts-eval/{spec.name}/{target_tokens}/{seed}/{index}")
     make, units = spec.prepare(rng, used_depth, target_tokens)
-    user, prefix, references, answer_depth = fit(renderer, target_tokens, make, units)
+    # Drawn after everything the generator drew, so tasks without a spread keep the prompts they always had.
+    fitted = target_tokens - int(spec.length_spread * target_tokens * rng.random()) if spec.length_spread else None
+    built = Built(*fit(renderer, fitted or target_tokens, make, units, spec.use_chat_template))
+    meta: dict[str, Any] = {"seed": seed}
+    if built.record is not None:
+        meta["record"] = built.record
     return EvalSample(
         task=spec.name,
         index=index,
         target_tokens=target_tokens,
-        user=user,
-        answer_prefix=prefix,
-        references=references,
+        user=built.user,
+        answer_prefix=built.answer_prefix,
+        references=built.references,
         metric=spec.metric,
         aggregate=spec.aggregate,
         max_new_tokens=spec.max_new_tokens,
-        depth=answer_depth,
-        meta={"seed": seed},
+        depth=built.depth,
+        use_chat_template=spec.use_chat_template,
+        first_line_only=spec.first_line_only,
+        meta=meta,
     )

@@ -11,6 +11,7 @@ line, as its ``eval.py`` does.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from spts.tasks.prompts import EvalSample
@@ -48,7 +49,7 @@ MAX_NEW_TOKENS: dict[str, int] = {
     "passage_retrieval_en": 32, "passage_retrieval_zh": 32, "lcc": 64, "repobench-p": 64,
 }  # fmt: skip
 
-# Official metrics (eval.py's dataset2metric), by the names of spts.eval.metrics.METRICS.
+# Official metrics (eval.py's dataset2metric), by the names of spts.tasks.metrics.METRICS.
 METRIC: dict[str, str] = {
     "narrativeqa": "qa_f1", "qasper": "qa_f1", "multifieldqa_en": "qa_f1", "multifieldqa_zh": "qa_f1_zh",
     "hotpotqa": "qa_f1", "2wikimqa": "qa_f1", "musique": "qa_f1", "dureader": "rouge_l_zh",
@@ -76,12 +77,29 @@ def _file(folder: Path, task: str) -> Path:
     return path
 
 
-def longbench_samples(folder: str | Path, task: str, limit: int | None = None) -> list[EvalSample]:
-    """The first ``limit`` records of LongBench task ``task`` (e.g. ``"hotpotqa"``, or ``"hotpotqa_e"`` for
-    LongBench-E) read from ``folder``, as samples with the official prompt, budget and metric."""
+def sample_format(task: str) -> dict[str, object]:
+    """How LongBench generates and grades answers to ``task`` (``_e`` for LongBench-E): its generation budget,
+    metric, whether the chat template applies and whether only the reply's first line is graded."""
     base = task.removesuffix("_e")
     if base not in PROMPTS:
         raise ValueError(f"unknown LongBench task {task!r}; known: {', '.join(TASKS)} (add _e for LongBench-E)")
+    return {
+        "metric": METRIC[base],
+        "max_new_tokens": MAX_NEW_TOKENS[base],
+        "use_chat_template": base not in NO_CHAT_TEMPLATE,
+        "first_line_only": base in FIRST_LINE,
+    }
+
+
+def record_user(task: str, record: dict) -> str:
+    """The user turn of a LongBench record: the task's official prompt around its context and input."""
+    return PROMPTS[task.removesuffix("_e")].format(context=record["context"], input=record["input"])
+
+
+def longbench_samples(folder: str | Path, task: str, limit: int | None = None) -> list[EvalSample]:
+    """The first ``limit`` records of LongBench task ``task`` (e.g. ``"hotpotqa"``, or ``"hotpotqa_e"`` for
+    LongBench-E) read from ``folder``, as samples with the official prompt, budget and metric."""
+    fmt = sample_format(task)
     samples = []
     with _file(Path(folder), task).open(encoding="utf-8") as lines:
         for index, line in enumerate(lines):
@@ -96,14 +114,31 @@ def longbench_samples(folder: str | Path, task: str, limit: int | None = None) -
                     task=f"longbench/{task}",
                     index=index,
                     target_tokens=None,
-                    user=PROMPTS[base].format(context=record["context"], input=record["input"]),
+                    user=record_user(task, record),
                     references=tuple(record["answers"]),
-                    metric=METRIC[base],
-                    max_new_tokens=MAX_NEW_TOKENS[base],
-                    use_chat_template=base not in NO_CHAT_TEMPLATE,
-                    first_line_only=base in FIRST_LINE,
                     all_classes=tuple(record.get("all_classes") or ()),
                     meta={"length": record.get("length"), "_id": record.get("_id")},
+                    **fmt,  # type: ignore[arg-type]
                 )
             )
     return samples
+
+
+def write_longbench_files(samples: Sequence[EvalSample], folder: str | Path) -> list[Path]:
+    """Write generated samples that carry a LongBench record (the LongBench-format family) as LongBench's
+    ``<task>.jsonl`` files in ``folder``, one file per LongBench task, so that ``spts eval --longbench-dir`` (or
+    any LongBench harness) reads them back. Returns the files written."""
+    by_task: dict[str, list[dict]] = {}
+    for sample in samples:
+        record = sample.meta.get("record")
+        if record is None:
+            raise ValueError(f"sample {sample.sample_id} is not LongBench-format (no record); use an lbf_* task")
+        by_task.setdefault(record["dataset"], []).append(record)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for task, records in by_task.items():
+        path = folder / f"{task}.jsonl"
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+        written.append(path)
+    return written

@@ -75,6 +75,14 @@ def squad() -> tuple[tuple[Question, ...], tuple[str, ...]]:
 
 
 @lru_cache(maxsize=1)
+def squad_articles() -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """SQuAD v2 dev's articles: each title and its paragraphs (indices into :func:`squad`'s documents) in order."""
+    articles = json.loads(_data_file("squad.json").read_text())["data"]
+    index = {d: i for i, d in enumerate(squad()[1])}
+    return tuple((a["title"], tuple(index[p["context"]] for p in a["paragraphs"])) for a in articles)
+
+
+@lru_cache(maxsize=1)
 def hotpotqa() -> tuple[tuple[Question, ...], tuple[str, ...]]:
     """HotpotQA dev questions (distractor setting) and every paragraph as ``title\\ntext``."""
     records = json.loads(_data_file("hotpotqa.json").read_text())
