@@ -13,7 +13,11 @@ method it records:
     teacher-forced log-likelihood of the full model's answer under the method (prefill with the method, then one
     forward of the full answer over the method's cache): the cheap fidelity measure a tuner can optimise;
 (c) for tasks whose answer sits verbatim in the prompt (needle values), the share of the answer's token positions
-    among each skipping layer's candidates and among its cached (KV) positions.
+    among each skipping layer's candidates and among its cached (KV) positions;
+(d) the same shares for the prompt's instruction spans: the user turn before its context (``head``: the first
+    instruction line) and after it (``tail``: the trailing instruction and the question), so one can see whether
+    the instruction and the question stay in each layer's cache (the LongBench-format family knows its context;
+    other tasks use the first line and the text after the last blank line).
 
 When the teacher-forced pass already picks the full model's token at every position (incl. its stop token), the
 method's greedy answer is the full model's, and decoding it again is skipped (the row says ``"decoded": false``).
@@ -186,7 +190,11 @@ def answer_positions(renderer: PromptRenderer, sample: EvalSample, ids: torch.Te
     """Token positions of the answer in the prompt (tokens overlapping a reference's characters), or None when
     the tokenizer gives no offsets or the answer is not in the prompt verbatim."""
     text, special = renderer.text(renderer.truncate_middle(sample.user), sample.answer_prefix, sample.use_chat_template)
-    spans = answer_char_spans(sample, text)
+    return _token_positions(renderer, text, special, ids, answer_char_spans(sample, text))
+
+
+def _token_positions(renderer: PromptRenderer, text: str, special: bool, ids: torch.Tensor, spans) -> list[int] | None:
+    """Token positions overlapping any of the character ``spans`` of ``text`` (None without offsets or matches)."""
     if not spans:
         return None
     try:
@@ -201,6 +209,30 @@ def answer_positions(renderer: PromptRenderer, sample: EvalSample, ids: torch.Te
         if hi > lo and any(lo < end and hi > start for start, end in spans)
     ]
     return positions or None
+
+
+def instruction_spans(renderer: PromptRenderer, sample: EvalSample, ids: torch.Tensor) -> dict[str, list[int] | None]:
+    """Token positions of the user turn's ``head`` (before the context) and ``tail`` (after it: the trailing
+    instruction and the question). The LongBench-format family records its context; for other tasks the head is
+    the first line and the tail the last paragraph (when short) or line."""
+    user = renderer.truncate_middle(sample.user)
+    text, special = renderer.text(user, sample.answer_prefix, sample.use_chat_template)
+    offset = text.find(user)
+    if offset < 0:
+        return {"head": None, "tail": None}
+    record = sample.meta.get("record")
+    if record is not None and record["context"] in user:
+        head_end = user.index(record["context"])
+        tail_start = head_end + len(record["context"])
+    else:
+        head_end = user.find("\n") if "\n" in user else len(user)
+        # The last paragraph when it is short (QA: "Question: ...\nAnswer:"), else the last line (RULER's question).
+        paragraph = user.rfind("\n\n") + 2 if "\n\n" in user else 0
+        tail_start = paragraph if len(user) - paragraph < 1000 else user.rfind("\n") + 1
+    head = [(offset, offset + head_end)] if head_end > 0 else []
+    tail = [(offset + tail_start, offset + len(user))] if tail_start < len(user) else []
+    return {name: _token_positions(renderer, text, special, ids, spans) for name, spans in
+            (("head", head), ("tail", tail))}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- one answer
@@ -296,6 +328,7 @@ def run_one(
     positions: list[int] | None,
     answer_tokens: int,
     stop_ids: frozenset[int],
+    spans: dict[str, list[int] | None] | None = None,
 ) -> dict[str, Any]:
     """One sample under one method. ``full`` is the full model's row (None while computing it)."""
     num_layers = model.config.num_hidden_layers
@@ -362,6 +395,10 @@ def run_one(
     }
     if stats is not None and positions:
         row["kv_answer_kept"], row["candidate_answer_kept"] = kept_fractions(stats, positions, num_layers)
+    row["span_positions"] = spans
+    row["span_kv_kept"] = {
+        name: kept_fractions(stats, where, num_layers)[0] for name, where in (spans or {}).items() if stats and where
+    }
     return row
 
 
@@ -532,6 +569,29 @@ def summarize(rows: list[dict[str, Any]], methods: list[Method], num_layers: int
                 "n_lost": len(lost),
             }
         out["layers"][group] = entry
+    # (d) instruction spans kept, per task and layer.
+    out["spans"] = {}
+    for task in tasks:
+        in_task = [r for r in complete.values() if r["full"]["task"] == task]
+        entry = {}
+        for span in ("head", "tail"):
+            located = [r for r in in_task if (r["full"].get("span_positions") or {}).get(span)]
+            if not located:
+                continue
+            entry[span] = {
+                "n": len(located),
+                "tokens": _mean([len(r["full"]["span_positions"][span]) for r in located]),
+                "methods": {
+                    m.name: [
+                        _mean([kept[span][i] for r in located if span in (kept := r[m.name]["span_kv_kept"])])
+                        for i in range(num_layers)
+                    ]
+                    for m in methods
+                    if m.config is not None
+                },
+            }
+        if entry:
+            out["spans"][task] = entry
     return out
 
 
@@ -663,6 +723,24 @@ def write_table(summary: dict[str, Any], methods: list[Method], header: str, bas
                 other = split["kv_other_samples"][layer] if split["kv_other_samples"] else None
                 lost_cell = f"{_pct(split['kv_lost_samples'][layer])} / {_pct(other)}"
             lines.append(f"| {layer} | " + " | ".join(cells) + f" | {lost_cell} |")
+    for task, entry in summary.get("spans", {}).items():
+        first = min(min(m.layers[0] for m in methods if m.layers), base.start_layer)
+        shown = [n for n in names if any(n in e["methods"] for e in entry.values())]
+        described = ", ".join(f"{span} ~{e['tokens']:.0f} tokens, {e['n']} samples" for span, e in entry.items())
+        lines += [
+            "",
+            f"### Instruction spans cached per layer: {task} ({described})",
+            "",
+            "Share of the user turn's head (before the context: the first instruction line) and tail (after it: the "
+            "trailing instruction and the question) that each layer cached. Layers that run in full keep 100%.",
+            "",
+            "| layer | " + " | ".join(f"{n}: {span}" for span in entry for n in shown) + " |",
+            "|---|" + "---|" * (len(entry) * len(shown)),
+        ]
+        num_layers = len(next(iter(next(iter(entry.values()))["methods"].values())))
+        for layer in range(first, num_layers):
+            cells = [_pct(entry[span]["methods"].get(n, [None] * num_layers)[layer]) for span in entry for n in shown]
+            lines.append(f"| {layer} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -710,7 +788,9 @@ def base_config(spec: str | None, model: str, lm: Any) -> SPTSConfig:
         return SPTSConfig.preset(spec)
     path = Path(spec)
     if path.suffix == ".json" and path.is_file():
-        return SPTSConfig(**json.loads(path.read_text()))
+        fields = json.loads(path.read_text())
+        # spts tune's tuned.json (the config file format) or bare SPTSConfig fields.
+        return SPTSConfig.from_file(path, lm) if fields.get("format") == "spts-config" else SPTSConfig(**fields)
     raise ValueError(f"{spec!r} is neither a preset ({', '.join(PRESETS)}), 'derived', nor a JSON file")
 
 
@@ -824,10 +904,13 @@ def main(
         for sample, pending in todo:
             ids = renderer.input_ids(sample).to(device)
             positions = answer_positions(renderer, sample, ids.cpu())
+            spans = instruction_spans(renderer, sample, ids.cpu())
             for m in pending:  # "full" comes first in methods, so its row exists before the others need it
                 bar.set_postfix_str(f"{sample.sample_id} {m.name}")
                 full = done.get((sample.sample_id, "full"))
-                row = run_one(lm, tokenizer, ids, sample, m, scorers[m.name], full, positions, answer_tokens, stop_ids)
+                row = run_one(
+                    lm, tokenizer, ids, sample, m, scorers[m.name], full, positions, answer_tokens, stop_ids, spans
+                )
                 sink.write(json.dumps(row, ensure_ascii=False) + "\n")
                 sink.flush()
                 done[(sample.sample_id, m.name)] = row
