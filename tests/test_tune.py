@@ -98,8 +98,14 @@ def test_space_parses_values_and_builds_a_valid_grid():
     assert all(c.pool_kernel == 1 and c.prune is False and c.start_layer in (2, 3) for c in grid.configs)
     assert len({fingerprint(c) for c in grid.configs}) == len(grid.configs)
     default = build_grid(30)
-    assert 100 <= len(default.configs) <= 400  # a coarse grid, bounded
+    assert 100 <= len(default.configs) <= 800  # a coarse grid, bounded (spts tune subsamples --max-configs)
     assert {c.start_layer for c in default.configs} == {8, 12, 16, 21}
+    # Skipping to the last layer (the paper) or leaving the last sixth in full; stages lie before the tail.
+    assert {c.end_layer for c in default.configs} == {None, 25}
+    assert all(b < c.end_layer for c in default.configs if c.end_layer for b in c.stage_boundaries)
+    tails = [c for c in default.configs if c.end_layer]
+    assert len(tails) > 50 and {c.start_layer for c in tails} == {8, 12, 16, 21}
+    assert {c.end_layer for c in build_grid(30, parse_space(["end_layer=none"])).configs} == {None}
     # Any SPTSConfig field becomes a dimension without code here.
     extra = build_grid(6, parse_space(["start_layer=2", "probe_tokens=1,2"]))
     assert {c.probe_tokens for c in extra.configs} == {1, 2}

@@ -1,7 +1,8 @@
 """The search space of ``spts tune``: which SPTS configs it tries for one model.
 
-A coarse grid over the schedule (start layer; number and position of stage boundaries; per-stage budgets as
-fractions of the prompt; the pruning margin ``delta``; the probe's pooling kernel), scaled to the model's depth.
+A coarse grid over the schedule (start layer; where skipping ends, leaving a tail of full layers or none; number and
+position of stage boundaries; per-stage budgets as fractions of the prompt; the pruning margin ``delta``; the
+probe's pooling kernel), scaled to the model's depth.
 Any :class:`SPTSConfig` field can be given explicit values (``--space field=v1,v2``): a schedule field replaces
 that part of the grid, any other field becomes one more dimension. Configs are built with ``SPTSConfig(**fields)``
 so fields added to SPTSConfig later are searchable without changes here; combinations the config refuses
@@ -32,9 +33,13 @@ FIRST_BUDGETS = (0.5, 0.3, 0.15)
 BUDGET_DECAYS = (0.5, 0.75)
 DELTAS = (0.0, 0.05)
 POOL_KERNELS = (1, 13)
+# Share of the depth that runs in full again at the end (``end_layer``): none (the paper), or the last sixth. The
+# small models here build their answer in the last layers over every token: skipping there at small budgets garbles
+# answers that skipping the same budgets in the middle keeps (docs/tuning.md, "the last layers").
+TAIL_FRACTIONS = (0.0, 1 / 6)
 
 # Fields whose values the grid derives itself; --space values for them replace the derived ones.
-SCHEDULE_FIELDS = ("start_layer", "stage_boundaries", "budgets", "delta", "pool_kernel")
+SCHEDULE_FIELDS = ("start_layer", "stage_boundaries", "budgets", "delta", "pool_kernel", "end_layer")
 
 
 def config_fields() -> dict[str, dataclasses.Field]:
@@ -81,6 +86,8 @@ def describe(config: SPTSConfig) -> str:
         f"delta {config.delta:g}" if isinstance(config.delta, float) else f"delta {config.delta}",
         f"pool {config.pool_kernel}",
     ]
+    if config.end_layer is not None:
+        parts.append(f"full from {config.end_layer}")
     parts += [f"{k}={v}" for k, v in shown.items() if k not in SCHEDULE_FIELDS]
     return ", ".join(parts)
 
@@ -151,9 +158,15 @@ def default_starts(num_layers: int) -> tuple[int, ...]:
     return tuple(sorted(set(s for s in starts if s >= 1)))
 
 
+def default_ends(num_layers: int) -> tuple[int | None, ...]:
+    """``end_layer`` values of the default grid: None (skip to the last layer) and a full tail per TAIL_FRACTIONS."""
+    tails = sorted({round(f * num_layers) for f in TAIL_FRACTIONS})
+    return tuple(num_layers - t if t else None for t in tails)
+
+
 def layout_boundaries(start: int, num_layers: int, n_boundaries: int, span: float) -> tuple[int, ...] | None:
-    """``n_boundaries`` stage boundaries evenly spaced over the first ``span`` of layers ``[start, num_layers)``;
-    None when they do not fit as distinct layers."""
+    """``n_boundaries`` stage boundaries evenly spaced over the first ``span`` of layers ``[start, num_layers)``
+    (``num_layers``: where skipping ends); None when they do not fit as distinct layers."""
     width = span * (num_layers - start)
     boundaries = tuple(start + round((i + 1) * width / (n_boundaries + 1)) for i in range(n_boundaries))
     valid = all(start < b < num_layers for b in boundaries) and len(set(boundaries)) == n_boundaries
@@ -182,6 +195,7 @@ def build_grid(num_layers: int, space: Mapping[str, Sequence[Any]] | None = None
     explicit_budgets = space.pop("budgets", None)
     deltas = tuple(space.pop("delta", DELTAS))
     pools = tuple(space.pop("pool_kernel", POOL_KERNELS))
+    ends = tuple(space.pop("end_layer", default_ends(num_layers)))
     extra_names = list(space)
     extra_values = [tuple(space[name]) for name in extra_names]
 
@@ -190,11 +204,12 @@ def build_grid(num_layers: int, space: Mapping[str, Sequence[Any]] | None = None
 
     configs: dict[str, SPTSConfig] = {}
     invalid = duplicates = 0
-    for start in starts:
+    for start, end in itertools.product(starts, ends):
         if explicit_boundaries is not None:
             layouts = [as_tuple(b) for b in explicit_boundaries]
         else:
-            layouts = [b for n, span in LAYOUTS if (b := layout_boundaries(start, num_layers, n, span)) is not None]
+            stop = num_layers if end is None else end
+            layouts = [b for n, span in LAYOUTS if (b := layout_boundaries(start, stop, n, span)) is not None]
             invalid += len(LAYOUTS) - len(layouts)
         for boundaries in layouts:
             if explicit_budgets is not None:
@@ -206,8 +221,9 @@ def build_grid(num_layers: int, space: Mapping[str, Sequence[Any]] | None = None
                 )
             for budgets, delta, pool, *extras in itertools.product(budget_options, deltas, pools, *extra_values):
                 fields = dict(
-                    start_layer=start, stage_boundaries=boundaries, budgets=budgets, delta=delta, pool_kernel=pool
-                )
+                    start_layer=start, stage_boundaries=boundaries, budgets=budgets, delta=delta, pool_kernel=pool,
+                    end_layer=end,
+                )  # fmt: skip
                 fields.update(zip(extra_names, extras, strict=True))
                 try:
                     config = SPTSConfig(**fields)
