@@ -156,6 +156,10 @@ def test_the_fidelity_objective_ranks_as_the_fidelity_only_tuner():
         return (1, -a.fidelity, a.logprob_gap, -speeds[a.fingerprint], a.fingerprint)
 
     assert sorted(aggregates, key=ranking(Target("fidelity", 0.8), speeds)) == sorted(aggregates, key=legacy_fidelity)
+    # Several lengths: the guaranteed (smallest) speedup first; the mean over lengths breaks its ties.
+    twins = [Aggregate(fp, 4, 0.9, 1.0, 1.0, 0.1) for fp in ("a", "b")]
+    key = ranking(Target("speedup", 1.2), {"a": 1.5, "b": 1.5}, {"a": 1.6, "b": 1.9})
+    assert [a.fingerprint for a in sorted(twins, key=key)] == ["b", "a"]
 
 
 # ------------------------------------------------------------------------------------------------------------

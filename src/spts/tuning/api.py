@@ -200,6 +200,7 @@ def tune(
     grid = build_grid(num_layers, parse_space(settings.space))
     by_length = {fingerprint(c): {n: speed_model.speedup(c, n, needs_inputs) for n in lengths} for c in grid.configs}
     predicted = {fp: min(speeds.values()) for fp, speeds in by_length.items()}  # the target holds at every length
+    mean_speed = {fp: sum(speeds.values()) / len(speeds) for fp, speeds in by_length.items()}
     target = settings.target
     candidates = _meeting_target(grid, predicted, target, lengths, num_layers)
     configs = {fingerprint(c): c for c in subsample(candidates, settings.max_configs, settings.seed)}
@@ -213,7 +214,7 @@ def tune(
         return {fp: store.aggregate(fp, seen, objective) for fp in fps}
 
     rungs = successive_halving(
-        list(configs), len(prompts), evaluate, ranking(target, predicted), settings.min_survivors,
+        list(configs), len(prompts), evaluate, ranking(target, predicted, mean_speed), settings.min_survivors,
         most_faithful_survives=target.kind == "fidelity",
     )  # fmt: skip
     chosen_fp = rungs[-1].fingerprints[0]

@@ -43,18 +43,26 @@ class Target:
         return f"fastest config (predicted TTFT speedup) with {measure} >= {self.value:g}"
 
 
-def ranking(target: Target, speedups: Mapping[str, float]) -> Callable[[Aggregate], tuple]:
+def ranking(
+    target: Target, speedups: Mapping[str, float], overall: Mapping[str, float] | None = None
+) -> Callable[[Aggregate], tuple]:
     """Sort key, best first. Speedup target (every candidate already meets it): quality, then fidelity, then the
     smaller log-probability gap, then speed. Fidelity (quality) target: configs that keep it, fastest first; then the
     others, best first. Under the fidelity objective quality is the fidelity, so the fidelity term is a no-op there:
-    the same order as the fidelity-only tuner's."""
+    the same order as the fidelity-only tuner's. ``speedups``: each config's guaranteed speedup (the smallest over
+    the lengths); ``overall`` (e.g. the mean over the lengths) breaks ties between equal ``speedups``."""
+    overall = overall or speedups
+
+    def speed(a: Aggregate) -> tuple[float, float]:
+        return (-speedups[a.fingerprint], -overall[a.fingerprint])
+
     if target.kind == "speedup":
-        return lambda a: (-a.quality, -a.fidelity, a.logprob_gap, -speedups[a.fingerprint], a.fingerprint)
+        return lambda a: (-a.quality, -a.fidelity, a.logprob_gap, *speed(a), a.fingerprint)
 
     def key(a: Aggregate) -> tuple:
         if a.quality >= target.value:
-            return (0, -speedups[a.fingerprint], -a.quality, -a.fidelity, a.logprob_gap, a.fingerprint)
-        return (1, -a.quality, -a.fidelity, a.logprob_gap, -speedups[a.fingerprint], a.fingerprint)
+            return (0, *speed(a), -a.quality, -a.fidelity, a.logprob_gap, a.fingerprint)
+        return (1, -a.quality, -a.fidelity, a.logprob_gap, *speed(a), a.fingerprint)
 
     return key
 
