@@ -340,3 +340,27 @@ def test_cli_refuses_bad_family_and_length_options_before_loading_the_model(tmp_
         assert result.exit_code != 0, result.output
         assert message in " ".join(result.output.replace("│", " ").split()), result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_tune_cli_across_families_and_lengths(setup, tmp_path):
+    model, tokenizer = setup
+    folder = tmp_path / "tiny"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    out = tmp_path / "out"
+    args = ["tune", "--model", str(folder), "--target-speedup", "1.05", "--lengths", "450,600", "--prompts", "2",
+            "--tasks", "niah_single,lbf_multifieldqa_en", "--holdout", "qa_squad", "--holdout-prompts", "1",
+            "--objective", "score", "--space", "start_layer=3", "--max-configs", "2", "--measure", "1",
+            "--measure-repeats", "1", "--device", "cpu", "--out", str(out)]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["objective"] == "score" and summary["lengths"] == [450, 600]
+    assert summary["holdout_tasks"] == ["qa_squad"] and summary["holdout"]["overall"]["prompts"] == 1
+    chosen = next(c for c in summary["configs"] if c["fingerprint"] == summary["chosen"])
+    assert set(chosen["measured"]["by_length"]) == {"450", "600"}
+    assert chosen["measured"]["measured_speedup"] == min(
+        t["measured_speedup"] for t in chosen["measured"]["by_length"].values()
+    )
+    assert json.loads((out / "speed_model.json").read_text())["key"]["length"] == 600  # measured at the longest
+    assert json.loads((out / "run.json").read_text())["objective"] == "score"
