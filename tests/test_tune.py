@@ -20,7 +20,7 @@ from spts.cli import app
 from spts.eval import PromptRenderer, build_samples
 from spts.runtime.replay import replay_prefix
 from spts.tuning import TuneError, TuneResumeError, TuneSettings, tune
-from spts.tuning import api as api_module
+from spts.tuning import scoring as scoring_module
 from spts.tuning.objective import answer_fidelity, reference_run, score_config
 from spts.tuning.prompts import TUNE_SEED_OFFSET, file_prompts, generated_prompts
 from spts.tuning.search import Aggregate, Target, ranking, rung_sizes, successive_halving
@@ -36,6 +36,7 @@ SPEED = SpeedModel(
     coefficients={"attention": (0.0, 4e-6, 4e-8), "ffn": (0.0, 6e-6), "probe": (0.0, 1e-7), "move": (0.0, 1e-8)},
 )  # fmt: skip
 SPACE = ("start_layer=2,3", "delta=0.0", "pool_kernel=1,3")
+NO_HOLDOUT = ("none",)
 
 
 @pytest.fixture(autouse=True)
@@ -59,7 +60,8 @@ def setup():
 def _tune(setup, out, **options):
     model, tokenizer = setup
     kwargs = dict(
-        min_fidelity=0.5, prompts=3, length=300, tasks=TASKS, space=SPACE, max_configs=6, measure=0, seed=0
+        min_fidelity=0.5, prompts=3, length=300, tasks=TASKS, space=SPACE, max_configs=6, measure=0, seed=0,
+        holdout=NO_HOLDOUT,
     )  # fmt: skip
     kwargs.update(options)
     return tune(model, tokenizer, out, speed_model=SPEED, progress=False, **kwargs)
@@ -237,14 +239,14 @@ def test_search_computes_no_layer_below_a_configs_start(setup, tmp_path, monkeyp
             elif layer < start:
                 violations.append((layer, start))
 
-    def scoring(model, reference, config, proxies=None):
+    def scoring(model, reference, config, proxies=None, **task):
         current["start"] = config.start_layer
         try:
-            return score_config(model, reference, config, proxies)
+            return score_config(model, reference, config, proxies, **task)
         finally:
             current.clear()
 
-    monkeypatch.setattr(api_module, "score_config", scoring)
+    monkeypatch.setattr(scoring_module, "score_config", scoring)
     handles = [layer.mlp.register_forward_hook(lambda m, a, o, i=i: hook(m, a, o, i)) for i, layer in
                enumerate(model.model.layers)]  # fmt: skip
     try:
@@ -402,7 +404,7 @@ def test_tune_cli_on_a_model_folder_with_a_prompt_file(setup, tmp_path):
     out = tmp_path / "out"
     args = ["tune", "--model", str(folder), "--min-fidelity", "0.5", "--length", "300", "--prompts", "2",
             "--prompt-file", str(prompts), "--space", "start_layer=3", "--max-configs", "3", "--measure", "1",
-            "--measure-repeats", "1", "--device", "cpu", "--out", str(out)]  # fmt: skip
+            "--measure-repeats", "1", "--device", "cpu", "--holdout", "none", "--out", str(out)]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "spts.enable(model" in result.output

@@ -67,6 +67,12 @@ class SPTSConfig:
         end_layer: layers ``[end_layer, num_layers)`` run in full again, over every token (None: skipping
             runs to the last layer, as in the paper). For studies of where skipping costs accuracy:
             skipping only ``[start_layer, end_layer)`` measures what that layer range loses.
+        budget_exponent: how fraction budgets (and a fraction ``delta``) grow with the prompt: a fraction ``f``
+            keeps ``ceil(f * R * (L / R) ** budget_exponent)`` tokens of an ``L``-token prompt, ``R`` being
+            ``budget_reference``. 1 (the default): ``ceil(f * L)``, a fixed share of any prompt; 0: ``f * R`` tokens
+            whatever the length (the paper's absolute budgets); in between, budgets grow slower than the prompt.
+            A budget of at least the prompt keeps every token. Int budgets are token counts either way.
+        budget_reference: the length ``R`` (tokens) at which a fraction budget keeps exactly its share.
     """
 
     start_layer: int
@@ -88,6 +94,8 @@ class SPTSConfig:
     local_sinks: int = 4
     end_layer: int | None = None
     name: str = field(default="custom", compare=False)
+    budget_exponent: float = 1.0
+    budget_reference: int = 4096
 
     def __post_init__(self) -> None:
         # Accept lists from users and YAML/JSON; store tuples so the config stays hashable.
@@ -133,6 +141,10 @@ class SPTSConfig:
                 raise ValueError(f"{flag} must be a bool, got {getattr(self, flag)!r}")
         if self.cache_skipped and self.kv_complete:
             raise ValueError("kv_complete already caches every candidate; set cache_skipped only without it")
+        exponent = self.budget_exponent
+        if isinstance(exponent, bool) or not isinstance(exponent, int | float) or not 0 <= exponent <= 1:
+            raise ValueError(f"budget_exponent must be a number in [0, 1], got {exponent!r}")
+        _check_int("budget_reference", self.budget_reference, minimum=16)
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -240,11 +252,17 @@ class SPTSConfig:
     def stage_budget(self, stage: int, prompt_length: int) -> int:
         """Active tokens per layer in ``stage`` for a prompt of ``prompt_length`` tokens."""
         budget = self.budgets[min(stage, len(self.budgets) - 1)]
-        return max(1, _resolve(budget, prompt_length))
+        return max(1, _resolve(budget, self.budget_length(prompt_length)))
 
     def pruning_keep(self, stage: int, prompt_length: int) -> int:
         """Candidates that survive the boundary that opens ``stage`` (MSDP: next budget + delta)."""
-        return self.stage_budget(stage, prompt_length) + _resolve(self.delta, prompt_length)
+        return self.stage_budget(stage, prompt_length) + _resolve(self.delta, self.budget_length(prompt_length))
+
+    def budget_length(self, prompt_length: int) -> float:
+        """The length fraction budgets are shares of: the prompt's own unless ``budget_exponent`` < 1."""
+        if self.budget_exponent == 1 or prompt_length == self.budget_reference:
+            return prompt_length
+        return self.budget_reference * (prompt_length / self.budget_reference) ** self.budget_exponent
 
     def validate_for(self, num_layers: int) -> None:
         """Check the schedule fits a model with ``num_layers`` decoder layers."""
@@ -266,7 +284,7 @@ class SPTSConfig:
             )
 
 
-def _resolve(budget: Budget, prompt_length: int) -> int:
+def _resolve(budget: Budget, prompt_length: float) -> int:
     if isinstance(budget, float):
         return math.ceil(budget * prompt_length)
     return budget

@@ -22,7 +22,20 @@ def tune_command(
     ] = None,
     out: Annotated[Path, typer.Option(help="output folder; an existing one is resumed")] = Path("runs/tune"),
     prompts: Annotated[int, typer.Option(help="calibration prompts (the survivors of the search see all)")] = 8,
-    length: Annotated[int, typer.Option(help="prompt length in tokens")] = 4096,
+    length: Annotated[int, typer.Option(help="prompt length in tokens (one length; see --lengths)")] = 4096,
+    lengths: Annotated[
+        str | None,
+        typer.Option(
+            help="several prompt lengths, e.g. 4096,8192: prompts cycle over them, the speed target holds at each"
+        ),
+    ] = None,
+    objective: Annotated[
+        str | None,
+        typer.Option(
+            help="fidelity, score or blend (default: blend for generated prompts, fidelity for a prompt file); "
+            "score and blend rank by the worst task family"
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="calibration prompts and config subsample (disjoint from spts eval's)")] = 0,
     space: Annotated[
         list[str] | None,
@@ -39,8 +52,20 @@ def tune_command(
         Path | None, typer.Option(help='JSONL of {"prompt": ...} lines to calibrate on instead of generated tasks')
     ] = None,
     tasks: Annotated[
-        str | None, typer.Option(help="generated calibration tasks, comma-separated (default: needles, vt and QA)")
+        str | None,
+        typer.Option(
+            help="generated calibration tasks or groups, comma-separated (default: needles, vt, QA and "
+            "LongBench-format, less the held-out family)"
+        ),
     ] = None,
+    holdout: Annotated[
+        str | None,
+        typer.Option(
+            help="tasks or groups left out of calibration, the chosen schedule's score on them reported "
+            "(default: the first of qa, lbf, ruler not calibrated on; 'none': no holdout)"
+        ),
+    ] = None,
+    holdout_prompts: Annotated[int, typer.Option(help="development prompts of the held-out tasks (0: none)")] = 8,
     measure: Annotated[int, typer.Option(help="time prefills of this many of the best configs (0: none)")] = 3,
     measure_repeats: Annotated[int, typer.Option(help="timed prefills per measured config (median)")] = 3,
     device: Annotated[str | None, typer.Option(help="cpu or cuda; default: cuda if available")] = None,
@@ -60,21 +85,21 @@ def tune_command(
             min_fidelity=min_fidelity,
             prompts=prompts,
             length=length,
+            lengths=_ints(lengths),
+            objective=objective,
             seed=seed,
             space=tuple(space or ()),
             max_configs=max_configs,
             min_survivors=min_survivors,
             prompt_file=prompt_file,
-            **({"tasks": tuple(t.strip() for t in tasks.split(",") if t.strip())} if tasks else {}),
+            tasks=_names(tasks),
+            holdout=_names(holdout),
+            holdout_prompts=holdout_prompts,
             measure=measure,
             measure_repeats=measure_repeats,
         )
         if prompt_file is not None:
             read_prompt_file(prompt_file)
-        else:
-            from spts.tasks import resolve_tasks
-
-            resolve_tasks(list(settings.tasks))
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -96,3 +121,16 @@ def tune_command(
         raise typer.BadParameter(str(error)) from None
     console.print((out / "table.md").read_text())
     console.print(f"wrote {result.path}; use it with spts.enable(model, {str(result.path)!r})")
+
+
+def _names(text: str | None) -> tuple[str, ...] | None:
+    return None if text is None else tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def _ints(text: str | None) -> tuple[int, ...]:
+    if text is None:
+        return ()
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise ValueError(f"--lengths takes comma-separated token counts, e.g. 4096,8192; got {text!r}") from None

@@ -12,15 +12,17 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from spts.config import SPTSConfig
-from spts.runtime.engine import ffn_scorer, is_enabled
+from spts.runtime.engine import is_enabled
 from spts.tasks.prompts import PromptRenderer
-from spts.tuning import report
-from spts.tuning.objective import ANSWER_TOKENS, reference_run, score_config
-from spts.tuning.prompts import DEFAULT_TASKS, CalibrationPrompt, file_prompts, generated_prompts
+from spts.tuning import holdout, report
+from spts.tuning.objective import ANSWER_TOKENS
+from spts.tuning.prompts import CalibrationPrompt, file_prompts, generated_prompts
+from spts.tuning.quality import OBJECTIVES, needs_score
+from spts.tuning.scoring import Scorers, score_prompts
 from spts.tuning.search import Target, TrialStore, check_run, ranking, successive_halving
 from spts.tuning.space import Grid, behaviour, build_grid, fingerprint, parse_space, subsample
 from spts.tuning.speed import SpeedModel, kv_fraction
-from spts.tuning.timing import load_or_measure, measure_speedups
+from spts.tuning.timing import load_or_measure, measure_configs
 
 
 class TuneError(ValueError):
@@ -33,19 +35,32 @@ class TuneSettings:
 
     target_speedup: float | None = None
     min_fidelity: float | None = None
+    """The fastest config whose quality (the fidelity under the fidelity objective) is at least this."""
     prompts: int = 8
     length: int = 4096
     seed: int = 0
     space: Sequence[str] | Mapping[str, Sequence[Any]] = ()
     max_configs: int = 256
     prompt_file: str | os.PathLike | None = None
-    tasks: Sequence[str] = DEFAULT_TASKS
+    tasks: Sequence[str] | None = None
+    """Calibration tasks or groups; None: ``spts.tuning.DEFAULT_TASKS`` less the held-out ones."""
     answer_tokens: int = ANSWER_TOKENS
     min_survivors: int = 4
     measure: int = 3
     """How many of the best configs get timed prefills (full vs config); 0: none."""
     measure_repeats: int = 3
     speed_repeats: int = 5
+    lengths: Sequence[int] = ()
+    """Several prompt lengths (prompts cycle over tasks and lengths; the speed target holds at each); () is
+    ``(length,)``."""
+    objective: str | None = None
+    """``fidelity``, ``score`` or ``blend`` (:mod:`spts.tuning.quality`); None: blend for generated prompts,
+    fidelity for a prompt file (it has no references)."""
+    holdout: Sequence[str] | None = None
+    """Tasks or groups left out of calibration, reported on; None: the default family (:mod:`.holdout`); ``()``
+    or ``("none",)``: none."""
+    holdout_prompts: int = 8
+    """Development prompts of the held-out tasks the chosen schedule is scored on (0: none)."""
 
     def __post_init__(self) -> None:
         if (self.target_speedup is None) == (self.min_fidelity is None):
@@ -63,17 +78,52 @@ class TuneSettings:
             ("measure", 0),
             ("measure_repeats", 1),
             ("speed_repeats", 1),
+            ("holdout_prompts", 0),
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")  # fmt: skip
+        object.__setattr__(self, "lengths", tuple(self.lengths))
+        if self.lengths:
+            if self.length != 4096 and tuple(self.lengths) != (self.length,):
+                raise ValueError(f"give length or lengths, not both (length={self.length}, lengths={self.lengths})")
+            bad = [n for n in self.lengths if isinstance(n, bool) or not isinstance(n, int) or n < 16]
+            if bad or len(set(self.lengths)) != len(self.lengths):
+                raise ValueError(f"lengths must be distinct ints >= 16, got {list(self.lengths)}")
+        if self.objective is not None and self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if self.prompt_file is not None and self.objective in ("score", "blend"):
+            raise ValueError(
+                f"objective {self.objective!r} grades answers against references, and a prompt file has none: use "
+                "objective fidelity (the default with a prompt file) or generated tasks"
+            )
+        if self.prompt_file is not None and len(self.all_lengths) > 1:
+            raise ValueError(
+                "a prompt file's prompts have their own lengths: give length (where to cut them), not lengths"
+            )
+        if isinstance(self.tasks, str) or isinstance(self.holdout, str):
+            raise ValueError("give tasks and holdout as sequences of names, e.g. ('niah_single', 'lbf')")
+        _ = self.split  # raises for unknown tasks, a task both calibrated on and held out, or nothing to calibrate on
         parse_space(self.space)  # raises for an unknown field or a malformed spec
+
+    @property
+    def all_lengths(self) -> tuple[int, ...]:
+        return tuple(self.lengths) or (self.length,)
+
+    @property
+    def resolved_objective(self) -> str:
+        return self.objective or ("fidelity" if self.prompt_file is not None else "blend")
+
+    @property
+    def split(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(calibration tasks, held-out tasks); no calibration tasks with a prompt file."""
+        return holdout.resolve(self.tasks, self.holdout, self.prompt_file is not None)
 
     @property
     def target(self) -> Target:
         if self.target_speedup is not None:
-            return Target("speedup", float(self.target_speedup))
-        return Target("fidelity", float(self.min_fidelity))  # type: ignore[arg-type]
+            return Target("speedup", float(self.target_speedup), self.resolved_objective)
+        return Target("fidelity", float(self.min_fidelity), self.resolved_objective)  # type: ignore[arg-type]
 
     def call(self) -> str:
         """These settings as the Python call that reproduces them."""
@@ -90,6 +140,10 @@ class TuneResult:
     target_met: bool
     out_dir: Path
     summary: dict[str, Any] = field(compare=False, repr=False)
+    quality: float | None = None
+    """The chosen config's quality under the objective (its fidelity under the fidelity objective)."""
+    holdout: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+    """The chosen config and the full model on the held-out tasks (task scores, retention), if any."""
 
     @property
     def path(self) -> Path:
@@ -113,36 +167,42 @@ def tune(
     """Search an SPTS schedule for ``model`` on this machine; write ``tuned.json`` and reports to ``out``.
 
     Options are :class:`TuneSettings` fields (``target_speedup=1.5`` or ``min_fidelity=0.95``, ``prompts``,
-    ``length``, ``seed``, ``space``, ``max_configs``, ``prompt_file``, ...), or pass ``settings``. ``proxies``: LTP
-    proxies (object or file) or an FFN scorer, as for :func:`spts.enable`. ``speed_model``: use this instead of
-    timing the model (else measured once and cached in ``out``). An interrupted search resumes from ``out``.
+    ``length`` or ``lengths``, ``seed``, ``objective``, ``tasks``, ``holdout``, ``space``, ``max_configs``,
+    ``prompt_file``, ...), or pass ``settings``. ``proxies``: LTP proxies (object or file) or an FFN scorer, as for
+    :func:`spts.enable`. ``speed_model``: use this instead of timing the model (else measured once and cached in
+    ``out``). An interrupted search resumes from ``out``.
     """
     settings = settings or TuneSettings(**options)
     if is_enabled(model):
         raise ValueError("tune the unmodified model: call spts.disable(model) first")
     out_dir = Path(out)
     num_layers = model.config.num_hidden_layers
-    prompts = _calibration_prompts(model, tokenizer, settings)
+    lengths, objective = settings.all_lengths, settings.resolved_objective
+    graded = needs_score(objective)
+    prompts, held_out = _calibration_prompts(model, tokenizer, settings)
     proxies = _load_proxies(proxies)
     policy = _ffn_policy(proxies)
     out_dir.mkdir(parents=True, exist_ok=True)
     parameter = next(model.parameters())
     name = model_name or getattr(model.config, "_name_or_path", None) or model.config.model_type
-    run = {"model": name, "ffn_policy": policy, "dtype": str(parameter.dtype), "answer_tokens": settings.answer_tokens}
+    run = {"model": name, "ffn_policy": policy, "dtype": str(parameter.dtype), "answer_tokens": settings.answer_tokens,
+           "objective": objective}  # fmt: skip
     check_run(out_dir, run)
-    scorers = _Scorers(model, proxies)
+    scorers = Scorers(model, proxies)
     needs_inputs = bool(getattr(scorers.last_layer(), "needs_inputs", False))
     speed_source = "given"
     if speed_model is None:
         speed_model, cached = load_or_measure(
-            out_dir, model, settings.length, scorers.last_layer(), policy, settings.speed_repeats
+            out_dir, model, max(lengths), scorers.last_layer(), policy, settings.speed_repeats
         )
         speed_source = "cached" if cached else "measured"
 
     grid = build_grid(num_layers, parse_space(settings.space))
-    predicted = {fingerprint(c): speed_model.speedup(c, settings.length, needs_inputs) for c in grid.configs}
+    by_length = {fingerprint(c): {n: speed_model.speedup(c, n, needs_inputs) for n in lengths} for c in grid.configs}
+    predicted = {fp: min(speeds.values()) for fp, speeds in by_length.items()}  # the target holds at every length
+    mean_speed = {fp: sum(speeds.values()) / len(speeds) for fp, speeds in by_length.items()}
     target = settings.target
-    candidates = _meeting_target(grid, predicted, target, settings.length, num_layers)
+    candidates = _meeting_target(grid, predicted, target, lengths, num_layers)
     configs = {fingerprint(c): c for c in subsample(candidates, settings.max_configs, settings.seed)}
 
     store = TrialStore(out_dir)
@@ -150,44 +210,59 @@ def tune(
 
     def evaluate(fps: Sequence[str], upto: int) -> dict[str, Any]:
         seen = prompts[:upto]
-        bar.total += sum((fp, p.prompt_id) not in store.trials for fp in fps for p in seen)
-        bar.refresh()
-        for prompt in seen:
-            pending = [fp for fp in fps if (fp, prompt.prompt_id) not in store.trials]
-            _score_prompt(model, tokenizer, prompt, pending, configs, scorers, store, settings.answer_tokens, bar)
-        return {fp: store.aggregate(fp, [p.prompt_id for p in seen]) for fp in fps}
+        score_prompts(model, tokenizer, seen, fps, configs, scorers, store, settings.answer_tokens, graded, bar)
+        return {fp: store.aggregate(fp, seen, objective) for fp in fps}
 
     rungs = successive_halving(
-        list(configs), len(prompts), evaluate, ranking(target, predicted), settings.min_survivors,
+        list(configs), len(prompts), evaluate, ranking(target, predicted, mean_speed), settings.min_survivors,
         most_faithful_survives=target.kind == "fidelity",
     )  # fmt: skip
-    bar.close()
     chosen_fp = rungs[-1].fingerprints[0]
-    chosen_aggregate = store.aggregate(chosen_fp, [p.prompt_id for p in prompts[: rungs[-1].prompts]])
-    target_met = target.kind == "speedup" or chosen_aggregate.fidelity >= target.value
-    timed = _measure(model, settings, rungs[-1].fingerprints[: settings.measure], configs, scorers, store)
+    chosen_aggregate = store.aggregate(chosen_fp, prompts[: rungs[-1].prompts], objective)
+    target_met = target.kind == "speedup" or chosen_aggregate.quality >= target.value
+    timed = measure_configs(model, lengths, list(rungs[-1].fingerprints[: settings.measure]), configs, scorers,
+                            store, settings.measure_repeats, settings.seed)  # fmt: skip
+    held = None
+    if held_out:
+        score_prompts(model, tokenizer, held_out, [chosen_fp], configs, scorers, store, settings.answer_tokens,
+                      True, bar)  # fmt: skip
+        held = holdout.summarize(
+            held_out,
+            [store.trials[(chosen_fp, p.prompt_id)] for p in held_out],
+            [store.references[p.prompt_id] for p in held_out],
+        )
+    bar.close()
 
     latest: dict[str, dict[str, Any]] = {}  # each config at the last rung it reached, best first per rung
     for rung in reversed(rungs):
         for fp in (fp for fp in rung.fingerprints if fp not in latest):
+            kv = {str(n): kv_fraction(configs[fp], num_layers, n) for n in lengths}
             latest[fp] = {
-                **asdict(store.aggregate(fp, [p.prompt_id for p in prompts[: rung.prompts]])),
+                **asdict(store.aggregate(fp, prompts[: rung.prompts], objective)),
                 "config": behaviour(configs[fp]),
                 "description": report.describe(configs[fp]),
                 "predicted_speedup": predicted[fp],
-                "kv_fraction": kv_fraction(configs[fp], num_layers, settings.length),
+                "predicted_by_length": {str(n): s for n, s in by_length[fp].items()},
+                "kv_fraction": kv[str(max(lengths))],
+                "kv_by_length": kv,
                 "measured": timed.get(fp),
             }
+    calibration, held_tasks = settings.split
     summary = report.build_summary(
         model_name=name,
         command=command or settings.call(),
         settings=settings,
         target=target,
+        objective=objective,
+        lengths=list(lengths),
+        calibration_tasks=list(calibration),
+        holdout_tasks=list(held_tasks),
         device=str(parameter.device),
         dtype=str(parameter.dtype),
         ffn_policy=policy,
-        prompts=[{"prompt_id": p.prompt_id, "tokens": p.length, "source": p.source,
-                  "answer": store.references.get(p.prompt_id, {}).get("answer")} for p in prompts],
+        prompts=[{"prompt_id": p.prompt_id, "tokens": p.length, "source": p.source, "family": p.family,
+                  "answer": store.references.get(p.prompt_id, {}).get("answer"),
+                  "task_answer": store.references.get(p.prompt_id, {}).get("task_answer")} for p in prompts],
         space={"explicit": {k: list(v) for k, v in parse_space(settings.space).items()}, "valid": len(grid.configs),
                "invalid": grid.invalid, "duplicates": grid.duplicates, "meeting_target": len(candidates),
                "searched": len(configs)},
@@ -195,6 +270,7 @@ def tune(
         configs=list(latest.values()),
         chosen=chosen_fp,
         target_met=target_met,
+        holdout=held,
         speed_model={"source": speed_source, **speed_model.to_dict()},
     )  # fmt: skip
     chosen = configs[chosen_fp].with_(name=f"tuned-{chosen_fp}")
@@ -207,29 +283,44 @@ def tune(
         target_met=target_met,
         out_dir=out_dir,
         summary=summary,
+        quality=chosen_aggregate.quality,
+        holdout=held,
     )
 
 
-def _calibration_prompts(model: nn.Module, tokenizer: Any, settings: TuneSettings) -> list[CalibrationPrompt]:
-    """The prompts to tune on, checked against the model's context window (with room for the answer)."""
+def _calibration_prompts(
+    model: nn.Module, tokenizer: Any, settings: TuneSettings
+) -> tuple[list[CalibrationPrompt], list[CalibrationPrompt]]:
+    """The prompts to tune on and the held-out ones to report on, checked against the model's context window
+    (with room for the answer)."""
     window = getattr(model.config, "max_position_embeddings", None)
-    if isinstance(window, int) and settings.length > window:
-        raise ValueError(f"length {settings.length} is beyond the model's context window of {window} tokens")
+    longest = max(settings.all_lengths)
+    if isinstance(window, int) and longest > window:
+        raise ValueError(f"length {longest} is beyond the model's context window of {window} tokens")
+    calibration, held = settings.split
     renderer = PromptRenderer(tokenizer, max_prompt_tokens=settings.length if settings.prompt_file else None)
     if settings.prompt_file is not None:
         prompts = file_prompts(renderer, settings.prompt_file, settings.prompts)
     else:
-        prompts = generated_prompts(renderer, settings.prompts, settings.length, settings.seed, settings.tasks)
-    too_long = [p.prompt_id for p in prompts if isinstance(window, int) and p.length + settings.answer_tokens > window]
+        prompts = generated_prompts(renderer, settings.prompts, settings.all_lengths, settings.seed, calibration)
+    held_out = []
+    if held and settings.holdout_prompts:
+        held_out = generated_prompts(renderer, settings.holdout_prompts, settings.all_lengths, settings.seed, held)
+
+    def answer(p: CalibrationPrompt) -> int:
+        return max(settings.answer_tokens, p.sample.max_new_tokens if p.sample else 0)
+
+    too_long = [p.prompt_id for p in (*prompts, *held_out) if isinstance(window, int) and p.length + answer(p) > window]
     if too_long:
         raise ValueError(f"prompts {too_long} with their answer exceed the context window of {window} tokens")
-    return prompts
+    return prompts, held_out
 
 
 def _meeting_target(
-    grid: Grid, predicted: dict[str, float], target: Target, length: int, num_layers: int
+    grid: Grid, predicted: dict[str, float], target: Target, lengths: tuple[int, ...], num_layers: int
 ) -> list[SPTSConfig]:
-    """The valid configs, less those predicted below a speedup target; an error when none is left."""
+    """The valid configs, less those predicted below a speedup target at some length; an error when none is
+    left."""
     if not grid.configs:
         raise TuneError(
             f"the search space holds no valid config for this {num_layers}-layer model ({grid.invalid} combinations "
@@ -240,87 +331,13 @@ def _meeting_target(
     meeting = [c for c in grid.configs if predicted[fingerprint(c)] >= target.value]
     if not meeting:
         fastest = max(grid.configs, key=lambda c: predicted[fingerprint(c)])
+        at = f"{lengths[0]} tokens" if len(lengths) == 1 else f"every length of {', '.join(map(str, lengths))} tokens"
         raise TuneError(
-            f"no config of the search space is predicted to reach a {target.value:g}x TTFT speedup at {length} "
-            f"tokens (the fastest is {predicted[fingerprint(fastest)]:.2f}x: {report.describe(fastest)}); lower "
+            f"no config of the search space is predicted to reach a {target.value:g}x TTFT speedup at {at} "
+            f"(the fastest is {predicted[fingerprint(fastest)]:.2f}x: {report.describe(fastest)}); lower "
             "--target-speedup or widen --space"
         )
     return meeting
-
-
-def _score_prompt(model, tokenizer, prompt: CalibrationPrompt, pending, configs, scorers, store, answer_tokens, bar):
-    """Score the ``pending`` configs on one prompt: one full-model reference run (recording the layers below the
-    deepest start layer among them), then each config's replayed prefill and teacher-forced answer."""
-    if not pending:
-        return
-    device = next(model.parameters()).device
-    depth = max(configs[fp].start_layer for fp in pending)
-    reference = reference_run(model, tokenizer, prompt.prompt_id, prompt.input_ids.to(device), depth, answer_tokens)
-    recorded = store.references.get(prompt.prompt_id)
-    if recorded is None:
-        store.append({**reference.to_row(), "source": prompt.source})
-    else:
-        # Resuming: score against the answer the earlier trials were scored against.
-        reference.answer_ids, reference.full_logprobs = recorded["answer_ids"], recorded["full_logprobs"]
-    for fp in pending:
-        bar.set_postfix_str(f"{prompt.source} {fp}")
-        score = score_config(model, reference, configs[fp], scorers(configs[fp]))
-        store.append(
-            {
-                "kind": "trial",
-                "fingerprint": fp,
-                "prompt_id": prompt.prompt_id,
-                "config": behaviour(configs[fp]),
-                "answer_tokens": len(score.matches),
-                "first_match": score.first_match,
-                "fidelity": score.fidelity,
-                "logprob_gap": score.logprob_gap(reference.full_logprobs),
-                "matches": list(score.matches),
-                "logprobs": list(score.logprobs),
-                "kv_tokens": score.kv_tokens,
-            }
-        )
-        bar.update()
-
-
-def _measure(model, settings: TuneSettings, fps, configs, scorers, store: TrialStore) -> dict[str, dict[str, float]]:
-    """Timed prefills (full vs config) of the given configs, cached in the trial store."""
-    todo = [fp for fp in fps if (fp, settings.length) not in store.timings]
-    if todo:
-        measured = measure_speedups(
-            model,
-            settings.length,
-            {fp: configs[fp] for fp in todo},
-            {fp: scorers(configs[fp]) for fp in todo},
-            settings.measure_repeats,
-            settings.seed,
-        )
-        for fp, values in measured.items():
-            store.append({"kind": "timing", "fingerprint": fp, "length": settings.length, **values,
-                          "repeats": settings.measure_repeats})  # fmt: skip
-    return {fp: store.timings[(fp, settings.length)] for fp in fps}
-
-
-class _Scorers:
-    """FFN scorers built once per range of skipping layers (LTP proxies are checked and moved once)."""
-
-    def __init__(self, model: nn.Module, proxies: Any) -> None:
-        self.model, self.proxies = model, proxies
-        self._built: dict[tuple[int, int | None], Any] = {}
-
-    def __call__(self, config: SPTSConfig) -> Any:
-        if self.proxies is None:
-            return None
-        key = (config.start_layer, config.end_layer)
-        if key not in self._built:
-            self._built[key] = ffn_scorer(self.model, config, self.proxies)
-        return self._built[key]
-
-    def last_layer(self) -> Any:
-        """The scorer of a config that skips only the last layer (what the speed model times)."""
-        return self(
-            SPTSConfig(start_layer=self.model.config.num_hidden_layers - 1, stage_boundaries=(), budgets=(1.0,))
-        )
 
 
 def _load_proxies(proxies: Any) -> Any:

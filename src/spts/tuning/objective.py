@@ -14,6 +14,11 @@ Fidelity of a prompt (in [0, 1]): ``0.5 * [first token matches] + 0.5 * share of
 teacher-forced argmax matches`` (the first token alone when the answer has one token). The first token is the
 config's own prediction and decides where generation goes; later positions are teacher-forced, so their
 agreement measures whether the compressed cache still supports the rest of the answer.
+
+For the task-score objectives (:mod:`spts.tuning.quality`) both the full model and the config also decode their own
+greedy answer to the task's answer budget (``task_tokens``), as ``spts eval`` does: through the static decoder
+(``fast=True``), which copies the prefill's cache into its own buffers, so the teacher-forced forward that follows
+still extends the prefill's cache and nothing else.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import torch
 from torch import nn
 
 from spts.config import SPTSConfig
-from spts.generation import decode_step, stop_token_ids
+from spts.generation import decode_step, greedy_continue, stop_token_ids
 from spts.runtime.engine import enabled
 from spts.runtime.replay import RecordedPrefix, recording, replay_prefix
 from spts.runtime.transformers_api import model_cache_argument, output_cache
@@ -43,6 +48,8 @@ class Reference:
     answer_ids: list[int]
     full_logprobs: list[float]
     answer_text: str = ""
+    task_answer: str | None = None
+    """The full model's own answer to the task's budget (``task_tokens``), when asked for."""
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -71,14 +78,22 @@ def reference_run(
     input_ids: torch.Tensor,
     depth: int,
     answer_tokens: int = ANSWER_TOKENS,
+    task_tokens: int = 0,
+    stop_at_newline: bool = False,
 ) -> Reference:
-    """Prefill ``input_ids`` with the unmodified model, recording layers ``[0, depth)``; then its greedy answer."""
+    """Prefill ``input_ids`` with the unmodified model, recording layers ``[0, depth)``; then its greedy answer
+    (and, with ``task_tokens``, its answer to the task's budget, as ``spts eval`` decodes it)."""
     prefix = RecordedPrefix.empty(input_ids, depth)
     # The cache's own tensors, not copies: decoding below appends by concatenation, leaving them untouched.
     with torch.inference_mode(), recording(model, prefix, copy=False):
         out = model(input_ids, use_cache=True, logits_to_keep=1)
     cache = output_cache(out)
     stops = stop_token_ids(model, tokenizer)
+    task_answer = None
+    if task_tokens:  # first: the static decoder copies the cache, which the loop below then extends
+        task_answer = greedy_continue(
+            model, tokenizer, out.logits[:, -1], cache, task_tokens, stops, stop_at_newline, fast=True
+        )
     step = decode_step(model, cache, answer_tokens, fast=False)
     logits = out.logits[:, -1]
     answer: list[int] = []
@@ -92,7 +107,7 @@ def reference_run(
                 break
             logits = step(torch.tensor([[token]], device=input_ids.device))
     text = tokenizer.decode(answer, skip_special_tokens=True).strip() if tokenizer is not None else ""
-    return Reference(prompt_id, prefix, answer, logprobs, text)
+    return Reference(prompt_id, prefix, answer, logprobs, text, task_answer)
 
 
 @dataclass(frozen=True)
@@ -105,6 +120,8 @@ class Score:
     """Whether the config's argmax at each answer position is the full answer's token."""
     kv_tokens: int
     """Token-layers the config's prefill cached (for the KV share)."""
+    task_answer: str | None = None
+    """The config's own greedy answer to the task's budget, when asked for (``task_tokens``)."""
 
     @property
     def first_match(self) -> bool:
@@ -127,7 +144,15 @@ def answer_fidelity(matches: tuple[bool, ...] | list[bool]) -> float:
 
 
 def score_config(
-    model: nn.Module, reference: Reference, config: SPTSConfig, proxies: Any = None, replay: bool = True
+    model: nn.Module,
+    reference: Reference,
+    config: SPTSConfig,
+    proxies: Any = None,
+    replay: bool = True,
+    *,
+    tokenizer: Any = None,
+    task_tokens: int = 0,
+    stop_at_newline: bool = False,
 ) -> Score:
     """Prefill the reference's prompt with ``config`` (layers below its start replayed unless ``replay`` is
     False), then teacher-force the full answer over the config's cache in one forward."""
@@ -139,6 +164,10 @@ def score_config(
             out = model(ids, use_cache=True, logits_to_keep=1)
         cache = output_cache(out)
         kv_tokens = sum(cache.get_seq_length(i) for i in range(len(cache.layers)))
+        task_answer = None
+        if task_tokens:  # the config's own answer, from a copy of its cache (the static decoder's buffers)
+            last = out.logits[:, -1]
+            task_answer = greedy_continue(model, tokenizer, last, cache, task_tokens, None, stop_at_newline, fast=True)
         logits = [out.logits[0, -1:]]
         if answer.shape[1] > 1:
             forced = model(answer[:, :-1], use_cache=True, **{model_cache_argument(model): cache})
@@ -147,4 +176,4 @@ def score_config(
     targets = answer[0]
     chosen = logprobs.gather(1, targets[:, None])[:, 0]
     matches = logprobs.argmax(-1) == targets
-    return Score(tuple(chosen.tolist()), tuple(bool(m) for m in matches.tolist()), int(kv_tokens))
+    return Score(tuple(chosen.tolist()), tuple(bool(m) for m in matches.tolist()), int(kv_tokens), task_answer)

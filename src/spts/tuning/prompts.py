@@ -4,7 +4,9 @@ user's JSONL file.
 ``spts eval`` draws sample ``i`` of a task from ``random.Random("spts-eval/{task}/{length}/{seed}/{i}")`` with
 ``--seed`` (default 0). Tuning draws from the same generators with seed ``TUNE_SEED_OFFSET + --seed``, so its
 prompts (needles, keys, values, questions, filler) differ from every ``spts eval`` run with ``--seed`` below
-``TUNE_SEED_OFFSET``: a schedule is never tuned on the prompts it is evaluated on.
+``TUNE_SEED_OFFSET``: a schedule is never tuned on the prompts it is evaluated on. These seeds are the
+*development split*: the calibration prompts and the held-out family's prompts (:mod:`spts.tuning.holdout`) both
+come from it, from disjoint tasks.
 """
 
 from __future__ import annotations
@@ -18,14 +20,25 @@ from pathlib import Path
 import torch
 
 from spts.tasks import TASKS, generate, resolve_tasks
-from spts.tasks.prompts import PromptRenderer
+from spts.tasks.metrics import score
+from spts.tasks.prompts import EvalSample, PromptRenderer
 
 TUNE_SEED_OFFSET = 1_000_000
 """Generator seed of tuning prompts = this + ``--seed``; ``spts eval`` uses ``--seed`` itself (default 0)."""
 
-DEFAULT_TASKS = ("niah_single", "niah_multikey", "vt", "qa_squad", "niah_multivalue", "qa_hotpotqa")
-"""RULER-style needles, variable tracking and QA: tasks whose answer is a short span of the context, so the
-first answer tokens say whether the compressed prefill still carries what the answer needs."""
+DEFAULT_TASKS = (
+    "niah_single", "lbf_multifieldqa_en", "qa_squad", "niah_multikey", "lbf_hotpotqa", "qa_hotpotqa", "vt",
+)  # fmt: skip
+"""Three families in turn, so that the first prompts of the search already hold each: RULER-style needles and
+variable tracking, QA in our format (SQuAD, HotpotQA) and the LongBench-format family (LongBench's own prompts,
+answer budgets and F1). The held-out family (by default ``qa``, :mod:`spts.tuning.holdout`) is left out."""
+
+LEGACY_TASKS = ("niah_single", "niah_multikey", "vt", "qa_squad", "niah_multivalue", "qa_hotpotqa")
+"""The calibration tasks of the fidelity-only tuner (before the development-split objectives): ``--tasks`` with
+these, ``--objective fidelity`` and ``--holdout none`` resume its folders and reproduce its choices."""
+
+FILE_FAMILY = "file"
+"""Family of ``--prompt-file`` prompts (no references: fidelity only)."""
 
 
 @dataclass(frozen=True)
@@ -35,28 +48,67 @@ class CalibrationPrompt:
     input_ids: torch.Tensor = field(compare=False, repr=False)
     """(1, n) token ids, chat template applied as ``spts eval`` does."""
     source: str = ""
+    """The task (or the prompt file's name)."""
+    family: str = FILE_FAMILY
+    """The task's group (``ruler``, ``qa``, ``longbench-format``), or ``file``."""
+    target_length: int = 0
+    """The length the prompt was generated for (``--lengths``); a file prompt: its ``--length``."""
+    sample: EvalSample | None = field(default=None, compare=False, repr=False)
+    """The generated sample (references, metric, answer budget); None for a file prompt."""
 
     @property
     def length(self) -> int:
         return int(self.input_ids.shape[-1])
 
+    @property
+    def gradable(self) -> bool:
+        return self.sample is not None
+
+
+def grade(sample: EvalSample, prediction: str) -> float:
+    """The task score of an answer in [0, 1], as ``spts eval`` grades it (first line only where the task says)."""
+    graded = prediction.lstrip("\n").split("\n")[0] if sample.first_line_only else prediction
+    return score(sample.metric, graded, sample.references, sample.all_classes, sample.aggregate)
+
+
+def prompt_plan(n: int, n_tasks: int, lengths: Sequence[int]) -> list[tuple[int, int, int]]:
+    """(task position, length, sample index) of each of ``n`` prompts. Every ``n_tasks * len(lengths)`` prompts
+    hold each task at each length once; consecutive prompts change task and (with several lengths) length, so the
+    first rungs of the search see several of both. Prompt ``i`` does not depend on ``n``; with one length, prompt
+    ``i`` is sample ``i // n_tasks`` of task ``i % n_tasks`` (as before lengths were a list)."""
+    cycle = n_tasks * len(lengths)
+    plan = []
+    for i in range(n):
+        j = i % cycle
+        task = j % n_tasks
+        plan.append((task, lengths[(task + j // n_tasks) % len(lengths)], i // cycle))
+    return plan
+
 
 def generated_prompts(
-    renderer: PromptRenderer, n: int, length: int, seed: int = 0, tasks: Sequence[str] | str | None = None
+    renderer: PromptRenderer,
+    n: int,
+    lengths: int | Sequence[int],
+    seed: int = 0,
+    tasks: Sequence[str] | str | None = None,
 ) -> list[CalibrationPrompt]:
-    """``n`` prompts of about ``length`` tokens, cycling over ``tasks``: prompt ``i`` is sample ``i // len(tasks)``
-    of task ``tasks[i % len(tasks)]``, so the first ``k`` prompts are the same for any ``n >= k``."""
+    """``n`` prompts of about ``lengths`` tokens (one length or several), cycling over ``tasks`` and lengths
+    (:func:`prompt_plan`), so the first ``k`` prompts are the same for any ``n >= k``."""
     specs = resolve_tasks(list(tasks or DEFAULT_TASKS) if not isinstance(tasks, str) else tasks)
+    lengths = (lengths,) if isinstance(lengths, int) else tuple(lengths)
     generator_seed = TUNE_SEED_OFFSET + seed
     prompts = []
-    for i in range(n):
-        spec = specs[i % len(specs)]
-        sample = generate(spec, renderer, length, i // len(specs), seed=generator_seed)
+    for position, length, index in prompt_plan(n, len(specs), lengths):
+        spec = specs[position]
+        sample = generate(spec, renderer, length, index, seed=generator_seed)
         prompts.append(
             CalibrationPrompt(
                 prompt_id=f"{sample.sample_id}/seed{generator_seed}",
                 input_ids=renderer.input_ids(sample),
                 source=spec.name,
+                family=spec.group,
+                target_length=length,
+                sample=sample,
             )
         )
     return prompts
@@ -94,9 +146,25 @@ def file_prompts(renderer: PromptRenderer, path: str | Path, n: int) -> list[Cal
         user = renderer.truncate_middle(text)
         prompt_text, special = renderer.text(user)
         ids = renderer.tokenizer(prompt_text, add_special_tokens=special, return_tensors="pt")["input_ids"]
-        prompts.append(CalibrationPrompt(f"file/{i}/{digest}", ids.to(torch.long), source=Path(path).name))
+        prompts.append(
+            CalibrationPrompt(
+                f"file/{i}/{digest}", ids.to(torch.long), source=Path(path).name,
+                target_length=renderer.max_prompt_tokens or 0,
+            )
+        )  # fmt: skip
     return prompts
 
 
 def known_tasks() -> tuple[str, ...]:
     return tuple(TASKS)
+
+
+def task_names(names: Sequence[str]) -> tuple[str, ...]:
+    """Task names of a list of tasks and groups (``ruler``, ``qa``, ``lbf``, ...), in order, without repeats;
+    ValueError for an unknown one."""
+    return tuple(spec.name for spec in resolve_tasks(list(names)))
+
+
+def families_of(names: Sequence[str]) -> tuple[str, ...]:
+    """The families (task groups) of these tasks, in order of first appearance."""
+    return tuple(dict.fromkeys(TASKS[name].group for name in names))

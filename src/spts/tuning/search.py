@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from spts.jsonl import read_rows
+from spts.tuning.quality import Aggregate, aggregate
 
 TRIALS_FILE = "trials.jsonl"
 
@@ -27,58 +28,41 @@ class TuneResumeError(ValueError):
 
 @dataclass(frozen=True)
 class Target:
-    """``speedup``: the most faithful config predicted at least this much faster; ``fidelity``: the fastest config
-    keeping at least this fidelity."""
+    """``speedup``: the config of best quality predicted at least this much faster (at every length);
+    ``fidelity``: the fastest config keeping at least this quality (the fidelity under the fidelity objective)."""
 
     kind: str
     value: float
+    objective: str = "fidelity"
 
     def describe(self) -> str:
+        best = "most faithful config" if self.objective == "fidelity" else f"config of best {self.objective} quality"
+        measure = "fidelity" if self.objective == "fidelity" else f"{self.objective} quality"
         if self.kind == "speedup":
-            return f"most faithful config with predicted TTFT speedup >= {self.value:g}x"
-        return f"fastest config (predicted TTFT speedup) with fidelity >= {self.value:g}"
+            return f"{best} with predicted TTFT speedup >= {self.value:g}x"
+        return f"fastest config (predicted TTFT speedup) with {measure} >= {self.value:g}"
 
 
-@dataclass(frozen=True)
-class Aggregate:
-    """A config's scores over the prompts it has seen."""
+def ranking(
+    target: Target, speedups: Mapping[str, float], overall: Mapping[str, float] | None = None
+) -> Callable[[Aggregate], tuple]:
+    """Sort key, best first. Speedup target (every candidate already meets it): quality, then fidelity, then the
+    smaller log-probability gap, then speed. Fidelity (quality) target: configs that keep it, fastest first; then the
+    others, best first. Under the fidelity objective quality is the fidelity, so the fidelity term is a no-op there:
+    the same order as the fidelity-only tuner's. ``speedups``: each config's guaranteed speedup (the smallest over
+    the lengths); ``overall`` (e.g. the mean over the lengths) breaks ties between equal ``speedups``."""
+    overall = overall or speedups
 
-    fingerprint: str
-    prompts: int
-    fidelity: float
-    """Mean over prompts of the per-prompt fidelity (see :mod:`spts.tuning.objective`)."""
-    first_token: float
-    """Share of prompts whose first answer token the config predicts as the full model does."""
-    token_agreement: float
-    """Share of all answer tokens whose (teacher-forced) argmax matches."""
-    logprob_gap: float
-    """Mean over prompts of the per-token log-probability the config loses on the full answer."""
+    def speed(a: Aggregate) -> tuple[float, float]:
+        return (-speedups[a.fingerprint], -overall[a.fingerprint])
 
-
-def aggregate(fingerprint: str, rows: Sequence[Mapping[str, Any]]) -> Aggregate:
-    n = len(rows)
-    tokens = [m for r in rows for m in r["matches"]]
-    return Aggregate(
-        fingerprint=fingerprint,
-        prompts=n,
-        fidelity=sum(r["fidelity"] for r in rows) / n,
-        first_token=sum(r["first_match"] for r in rows) / n,
-        token_agreement=sum(tokens) / len(tokens),
-        logprob_gap=sum(r["logprob_gap"] for r in rows) / n,
-    )
-
-
-def ranking(target: Target, speedups: Mapping[str, float]) -> Callable[[Aggregate], tuple]:
-    """Sort key, best first. Speedup target (every candidate already meets it): fidelity, then the smaller
-    log-probability gap, then speed. Fidelity target: configs that keep it, fastest first; then the others, most
-    faithful first."""
     if target.kind == "speedup":
-        return lambda a: (-a.fidelity, a.logprob_gap, -speedups[a.fingerprint], a.fingerprint)
+        return lambda a: (-a.quality, -a.fidelity, a.logprob_gap, *speed(a), a.fingerprint)
 
     def key(a: Aggregate) -> tuple:
-        if a.fidelity >= target.value:
-            return (0, -speedups[a.fingerprint], -a.fidelity, a.logprob_gap, a.fingerprint)
-        return (1, -a.fidelity, a.logprob_gap, -speedups[a.fingerprint], a.fingerprint)
+        if a.quality >= target.value:
+            return (0, *speed(a), -a.quality, -a.fidelity, a.logprob_gap, a.fingerprint)
+        return (1, -a.quality, -a.fidelity, a.logprob_gap, *speed(a), a.fingerprint)
 
     return key
 
@@ -108,8 +92,8 @@ def successive_halving(
 ) -> list[Rung]:
     """Run the rungs: ``evaluate(fingerprints, k)`` scores configs on the first ``k`` prompts and returns their
     aggregates. Half the configs survive each rung, but never fewer than ``min_survivors`` (when there are that
-    many); with ``most_faithful_survives`` the most faithful config is kept even when the ranking would drop it,
-    so a fidelity target that the fastest configs fail on more prompts still has a fallback."""
+    many); with ``most_faithful_survives`` the config of best quality is kept even when the ranking would drop it,
+    so a quality target that the fastest configs fail on more prompts still has a fallback."""
     alive = list(fingerprints)
     rungs = []
     sizes = rung_sizes(n_prompts)
@@ -121,7 +105,7 @@ def successive_halving(
         keep = max(math.ceil(len(ordered) / 2), min(min_survivors, len(ordered)))
         survivors = [a.fingerprint for a in ordered[:keep]]
         if most_faithful_survives:
-            best = min(ordered, key=lambda a: (-a.fidelity, a.logprob_gap, a.fingerprint)).fingerprint
+            best = min(ordered, key=lambda a: (-a.quality, -a.fidelity, a.logprob_gap, a.fingerprint)).fingerprint
             if best not in survivors:
                 survivors[-1] = best
         alive = survivors
@@ -153,23 +137,42 @@ class TrialStore:
         elif kind == "timing":
             self.timings[(row["fingerprint"], row["length"])] = row
 
-    def aggregate(self, fingerprint: str, prompt_ids: Iterable[str]) -> Aggregate:
-        return aggregate(fingerprint, [self.trials[(fingerprint, p)] for p in prompt_ids])
+    def complete(self, fingerprint: str, prompt_id: str, graded: bool) -> bool:
+        """Whether the trial is stored with what the run needs (a task score when ``graded``)."""
+        row = self.trials.get((fingerprint, prompt_id))
+        return row is not None and (not graded or "task_score" in row)
+
+    def aggregate(self, fingerprint: str, prompts: Iterable[Any], objective: str = "fidelity") -> Aggregate:
+        """The config's aggregate over ``prompts`` (:class:`spts.tuning.prompts.CalibrationPrompt`, or their ids
+        for the fidelity objective without per-family numbers)."""
+        prompts = list(prompts)
+        ids = [p if isinstance(p, str) else p.prompt_id for p in prompts]
+        described = all(not isinstance(p, str) for p in prompts)
+        return aggregate(
+            fingerprint,
+            [self.trials[(fingerprint, p)] for p in ids],
+            objective,
+            [self.references.get(p) for p in ids],
+            [p.family for p in prompts] if described else None,
+            [p.target_length for p in prompts] if described else None,
+        )
 
 
-RUN_KEYS = ("model", "ffn_policy", "dtype", "answer_tokens")
+RUN_KEYS = ("model", "ffn_policy", "dtype", "answer_tokens", "objective")
+RUN_DEFAULTS = {"objective": "fidelity"}
+"""What a folder written before a key existed was computed with."""
 
 
 def check_run(out_dir: Path, run_info: dict[str, Any]) -> None:
-    """Refuse to mix results of another model, FFN policy, dtype or answer length into ``out_dir``; record the
-    run in ``run.json``."""
+    """Refuse to mix results of another model, FFN policy, dtype, answer length or objective into ``out_dir``;
+    record the run in ``run.json``."""
     path = Path(out_dir) / "run.json"
     if path.exists():
-        previous = json.loads(path.read_text())
+        previous = {**RUN_DEFAULTS, **json.loads(path.read_text())}
         for key in RUN_KEYS:
             if key in previous and previous[key] != run_info.get(key):
                 raise TuneResumeError(
                     f"{out_dir} holds tuning results with {key} {previous[key]!r}, not {run_info.get(key)!r}; "
-                    "use another output folder"
+                    "use another output folder" + (f" or --objective {previous[key]}" if key == "objective" else "")
                 )
     path.write_text(json.dumps(run_info, indent=2) + "\n")

@@ -261,3 +261,38 @@ def measure_speedups(
         fp: {"full_s": full, "config_s": timings[fp].median, "measured_speedup": full / timings[fp].median}
         for fp in configs
     }
+
+
+def measure_configs(
+    model: nn.Module,
+    lengths: tuple[int, ...],
+    fingerprints: list[str],
+    configs: Mapping[str, SPTSConfig],
+    scorers: Any,
+    store: Any,
+    repeats: int = 3,
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
+    """Timed prefills (full vs config) of the given configs at each length, cached in the trial store
+    (:class:`spts.tuning.search.TrialStore`, keyed by fingerprint and length). Per config: its measurements by
+    length and ``measured_speedup``, the smallest over the lengths (what a speedup at every length promises)."""
+    for length in lengths:
+        todo = [fp for fp in fingerprints if (fp, length) not in store.timings]
+        if not todo:
+            continue
+        measured = measure_speedups(
+            model, length, {fp: configs[fp] for fp in todo}, {fp: scorers(configs[fp]) for fp in todo}, repeats, seed
+        )
+        for fp, values in measured.items():
+            store.append({"kind": "timing", "fingerprint": fp, "length": length, **values, "repeats": repeats})
+    out: dict[str, dict[str, Any]] = {}
+    for fp in fingerprints:
+        by_length = {str(length): store.timings[(fp, length)] for length in lengths}
+        out[fp] = {
+            **(by_length[str(lengths[0])] if len(lengths) == 1 else {}),
+            "measured_speedup": min(t["measured_speedup"] for t in by_length.values()),
+            "by_length": {
+                k: {n: t[n] for n in ("full_s", "config_s", "measured_speedup")} for k, t in by_length.items()
+            },
+        }
+    return out
