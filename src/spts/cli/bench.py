@@ -107,8 +107,11 @@ def bench(
 
 
 def _bench_batches(ctx, lm, methods, lengths, batch_size, out, repeats, warmup, ffn, decode, config, weights) -> None:
+    import os
+
     from spts.bench.batched import run_batch_bench, write_batch_reports
 
+    load_before = os.getloadavg()[0]  # other processes' CPU use shows in it: recorded with the results
     try:
         rows = run_batch_bench(lm, lengths, batch_size, methods, out, repeats, warmup, ffn, new_tokens=32 * decode)
     except ValueError as error:
@@ -116,7 +119,8 @@ def _bench_batches(ctx, lm, methods, lengths, batch_size, out, repeats, warmup, 
     parameter = next(lm.parameters())
     header = (
         f"{weights}, {parameter.device}, {run_context(parameter.dtype)}; batches of {batch_size} left-padded prompts "
-        f"of mixed lengths; SPTS config {describe_config(config, ffn is not None)}. Command: {command_line(ctx)}"
+        f"of mixed lengths; SPTS config {describe_config(config, ffn is not None)}; 1-minute load average "
+        f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after. Command: {command_line(ctx)}"
     )
     write_batch_reports(rows, out, header)
     console.print((out / "table.md").read_text())
