@@ -9,7 +9,7 @@ import torch
 import spts
 from conftest import ATTENTION, FAMILIES, tiny_model
 from spts import SPTSConfig
-from spts.generation import greedy_tokens, prefill_with_cache
+from spts.generation import decode_step, greedy_tokens, prefill_with_cache
 from spts.policies import plan_layers
 from spts.runtime.decode import StaticDecoder
 from spts.runtime.transformers_api import model_cache_argument, output_cache
@@ -174,6 +174,13 @@ def test_static_decoder_over_padded_caches_matches_generate(family, static_shape
         logits, cache = prefill_with_cache(model, ids, mask)
         decoder.load(cache)  # the same batch size and fewer tokens per layer: the buffers are reused
         assert torch.equal(_decode(decoder, logits, 24), reference)
+        # A cache that already decoded 4 tokens through the model continues where it stands.
+        logits, cache = prefill_with_cache(model, ids, mask)
+        step = decode_step(model, cache, 4, fast=False)
+        for n in range(4):
+            logits = step(reference[:, n : n + 1])
+        decoder.load(cache)
+        assert torch.equal(_decode(decoder, logits, 20), reference[:, 4:])
         unpadded = torch.tensor(_prompts((120, 120, 120), seed=9))
         logits, cache = prefill_with_cache(model, unpadded)
         decoder.load(cache)  # an unpadded batch after a padded one: nothing stays masked

@@ -139,17 +139,20 @@ class StaticDecoder:
                 self._visible[i].fill_(True)
                 if layout is not None:
                     # Padding slots are masked; zeroed too, so that whatever the prefill left there (a padding
-                    # token's state) cannot reach the output as 0 * inf.
+                    # token's state) cannot reach the output as 0 * inf. Tokens appended since the prefill
+                    # follow the prompt's slots and are all real.
                     slots = layout.slots(i).to(self.device)
-                    self._visible[i][:, :n].copy_(slots)
-                    self.keys[i][:, :, :n].masked_fill_(~slots[:, None, :, None], 0)
-                    self.values[i][:, :, :n].masked_fill_(~slots[:, None, :, None], 0)
+                    width = slots.shape[1]
+                    self._visible[i][:, :width].copy_(slots)
+                    self.keys[i][:, :, :width].masked_fill_(~slots[:, None, :, None], 0)
+                    self.values[i][:, :, :width].masked_fill_(~slots[:, None, :, None], 0)
             self._prefix.copy_(torch.tensor(lengths))
             self._step.zero_()
             if position is not None:
                 start = torch.full((self.batch_size,), position, device=self.device)
             elif layout is not None:
-                start = layout.next_positions.to(self.device)
+                appended = lengths[0] - layout.attention_mask.shape[1]  # tokens decoded since the prefill
+                start = layout.next_positions.to(self.device) + appended
             else:
                 start = torch.full((self.batch_size,), lengths[0], device=self.device)
             positions = start[:, None] + torch.arange(self.max_new_tokens, device=self.device)[None]
