@@ -84,7 +84,8 @@ def test_bench_cli_records_the_full_command(tmp_path):
     assert "random weights" in header and "prefill only" in header
     assert header.endswith(
         f"Command: spts bench --model smollm2-135m --lengths 32 --out {tmp_path} --repeats 1 --warmup 0 "
-        "--random-weights --no-ltp --no-decode --static-decode --engine hf --methods full,pap,pap+ffn,spts,ceiling"
+        "--random-weights --no-ltp --no-decode --static-decode --engine hf --methods full,pap,pap+ffn,spts,ceiling "
+        "--batch-size 1"
     )
 
 

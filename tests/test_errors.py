@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
@@ -47,17 +49,38 @@ def test_empty_prompt():
         model(torch.zeros(1, 0, dtype=torch.long))
 
 
-def test_padded_batch_is_refused():
+def test_right_padding_holes_and_empty_rows_are_refused_left_padding_runs():
     model = tiny_model("llama")
-    ids = torch.randint(0, 90, (2, 12))
-    mask = torch.ones_like(ids)
-    mask[1, :3] = 0
+    ids = torch.randint(1, 90, (2, 12))
+    right = torch.ones_like(ids)
+    right[1, -3:] = 0
+    holes = torch.ones_like(ids)
+    holes[0, 5] = 0
+    empty = torch.ones_like(ids)
+    empty[1] = 0
+    left = torch.ones_like(ids)
+    left[1, :3] = 0
     with spts.enabled(model, SMALL):
-        with pytest.raises(UnsupportedInputError, match="padded batches are not supported"):
-            model(ids, attention_mask=mask)
-        with pytest.raises(UnsupportedInputError, match="padded batches"):
-            model.generate(ids, attention_mask=mask, max_new_tokens=2, pad_token_id=0)
-        model(ids, attention_mask=torch.ones_like(ids))  # an all-ones mask is fine
+        for mask, rows in ((right, "rows [1]"), (holes, "rows [0]")):
+            expected = f"left-padded batches only; {re.escape(rows)}.*padding_side"
+            with pytest.raises(UnsupportedInputError, match=expected):
+                model(ids, attention_mask=mask)
+            with pytest.raises(UnsupportedInputError, match="padding_side = 'left'"):
+                model.generate(ids, attention_mask=mask, max_new_tokens=2, pad_token_id=0)
+        with pytest.raises(UnsupportedInputError, match=r"rows \[1\] of the batch are all padding"):
+            model(ids, attention_mask=empty)
+        model(ids, attention_mask=left)  # left padding runs (tests/test_padded.py checks what it computes)
+        assert spts.last_stats(model).prompt_lengths == [12, 9]
+        model(ids, attention_mask=torch.ones_like(ids))  # an all-ones mask is no padding
+        assert spts.last_stats(model).rows == []
+
+
+def test_padded_batch_on_flash_attention_is_refused():
+    model = tiny_model("llama")
+    with spts.enabled(model, SMALL):
+        model.config._attn_implementation = "flash_attention_2"  # refused before any kernel runs
+        with pytest.raises(UnsupportedInputError, match="sdpa or eager attention, not 'flash_attention_2'"):
+            model(torch.ones(2, 8, dtype=torch.long), attention_mask=torch.tensor([[1] * 8, [0] + [1] * 7]))
 
 
 def test_static_cache_is_refused():
@@ -167,11 +190,11 @@ def _refusals(tmp_path):
         ("empty prompt", lambda m: spts.enable(m, SMALL)(torch.zeros(1, 0, dtype=torch.long)), UnsupportedInputError,
          "at least one token"),
         (
-            "padded batch",
+            "right-padded batch",
             lambda m: spts.enable(m, SMALL)(torch.ones(2, 8, dtype=torch.long), attention_mask=torch.tensor([[1] * 8,
-                                                                                                   [0] + [1] * 7])),
+                                                                                                   [1] * 7 + [0]])),
             UnsupportedInputError,
-            "one at a time",
+            "padding_side = 'left'",
         ),
         (
             "static cache",

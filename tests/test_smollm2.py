@@ -94,3 +94,41 @@ def test_static_decoder_reproduces_transformers_greedy_generation_on_real_weight
     assert torch.equal(greedy_tokens(model, ids, 32, fast=True), full[:, ids.shape[1] :])
     with spts.enabled(model, SPTSConfig.preset("smollm2-135m")):
         assert torch.equal(greedy_tokens(model, ids, 32, fast=True), greedy_tokens(model, ids, 32, fast=False))
+
+
+@pytest.mark.slow
+def test_padded_batch_through_the_tokenizer_gives_each_prompt_its_own_tokens(smollm2):
+    """``model.generate(**tokenizer(prompts, padding=True))`` with SPTS: each row gives the greedy tokens (and first
+    logits) of its prompt alone with SPTS, and at unlimited budget the unmodified model's."""
+    model, tokenizer = smollm2
+    prompts = [build_needle_prompt(tokenizer, n, depth=0.4, seed=s) for n, s in ((1000, 4), (600, 5), (250, 6))]
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        batch = tokenizer([p.text for p in prompts], padding=True, return_tensors="pt", add_special_tokens=False)
+    finally:
+        tokenizer.padding_side = side
+    assert prompts[0].add_special_tokens is False and (batch.attention_mask == 0).any()
+    kwargs = dict(max_new_tokens=12, do_sample=False, return_dict_in_generate=True, output_logits=True)
+    kwargs["pad_token_id"] = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    eos = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = None  # every row gets its 12 tokens
+    try:
+        with spts.enabled(model, SPTSConfig.preset("smollm2-135m")):
+            padded = model.generate(**batch, **kwargs)
+            assert spts.last_stats(model).kv_fraction < 0.8  # it skipped
+            alone = []
+            for prompt in prompts:
+                ids = prompt_input_ids(tokenizer, prompt)  # its chat markers include the pad token: mask given
+                alone.append(model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs))
+        full = model.generate(**batch, **kwargs)
+        with spts.enabled(model, SPTSConfig.preset("smollm2-135m").with_(budgets=(1.0,), stage_boundaries=())):
+            unlimited = model.generate(**batch, **kwargs)
+    finally:
+        model.generation_config.eos_token_id = eos
+    width = batch.input_ids.shape[1]
+    for b, prompt in enumerate(prompts):
+        assert torch.equal(padded.sequences[b, width:], alone[b].sequences[0, prompt.n_tokens :]), f"row {b}"
+        torch.testing.assert_close(padded.logits[0][b], alone[b].logits[0][0], rtol=1e-3, atol=1e-3)
+    assert torch.equal(unlimited.sequences, full.sequences)
+    torch.testing.assert_close(unlimited.logits[0], full.logits[0], rtol=1e-3, atol=1e-3)

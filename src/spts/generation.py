@@ -14,14 +14,28 @@ from typing import Any
 import torch
 
 from spts.runtime.decode import StaticDecoder
+from spts.runtime.padding import attach_layout, full_layout, generation_position_ids, layout_of
 from spts.runtime.transformers_api import model_cache_argument, output_cache
 
 
-def prefill_with_cache(model, ids: torch.Tensor) -> tuple[torch.Tensor, Any]:
-    """The prefill forward that yields the first token: last-position logits and the (compressed) cache."""
+def prefill_with_cache(
+    model, ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, Any]:
+    """The prefill forward that yields the first token: last-position logits and the (compressed) cache.
+
+    ``attention_mask`` (B, T) marks a left-padded batch: positions are counted from each row's first real token,
+    as ``model.generate`` counts them, and the cache carries its padding layout for :func:`decode_step`."""
+    if attention_mask is None or bool(attention_mask.bool().all()):
+        with torch.inference_mode():
+            out = model(ids, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1], output_cache(out)
+    positions = generation_position_ids(attention_mask)
     with torch.inference_mode():
-        out = model(ids, use_cache=True, logits_to_keep=1)
-    return out.logits[:, -1], output_cache(out)
+        out = model(ids, attention_mask=attention_mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    cache = output_cache(out)
+    if layout_of(cache) is None:  # the unmodified model's cache: every layer holds every position
+        attach_layout(cache, full_layout(attention_mask, positions))
+    return out.logits[:, -1], cache
 
 
 def stop_token_ids(model, tokenizer) -> frozenset[int]:
@@ -72,17 +86,33 @@ def decode_step(model, cache: Any, max_new_tokens: int, fast: bool) -> Callable[
         return StaticDecoder(model, cache, max_new_tokens).step
 
     cache_kwargs = {model_cache_argument(model): cache}
+    layout = layout_of(cache)
+    if layout is None:
 
-    def model_step(tokens: torch.Tensor) -> torch.Tensor:
-        return model(tokens, use_cache=True, **cache_kwargs).logits[:, -1]
+        def model_step(tokens: torch.Tensor) -> torch.Tensor:
+            return model(tokens, use_cache=True, **cache_kwargs).logits[:, -1]
 
-    return model_step
+        return model_step
+    # A padded batch: the model needs the padding mask (grown by each new token) and each row's own position.
+    state = {"mask": layout.attention_mask.long(), "position": layout.next_positions[:, None]}
+
+    def padded_step(tokens: torch.Tensor) -> torch.Tensor:
+        state["mask"] = torch.cat((state["mask"], torch.ones_like(tokens)), dim=1)
+        mask, position = state["mask"], state["position"]
+        out = model(tokens, attention_mask=mask, position_ids=position, use_cache=True, **cache_kwargs)
+        state["position"] = state["position"] + 1
+        return out.logits[:, -1]
+
+    return padded_step
 
 
-def greedy_tokens(model, input_ids: torch.Tensor, max_new_tokens: int, fast: bool = True) -> torch.Tensor:
+def greedy_tokens(
+    model, input_ids: torch.Tensor, max_new_tokens: int, fast: bool = True, attention_mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Exactly ``max_new_tokens`` greedy tokens (B, max_new_tokens) after ``input_ids`` (B, T), no early stop:
-    prefill (SPTS's if enabled on ``model``), then decoding as :func:`decode_step` does."""
-    logits, cache = prefill_with_cache(model, input_ids)
+    prefill (SPTS's if enabled on ``model``), then decoding as :func:`decode_step` does. ``attention_mask``: a
+    left-padded batch's (see :func:`prefill_with_cache`)."""
+    logits, cache = prefill_with_cache(model, input_ids, attention_mask)
     step = decode_step(model, cache, max_new_tokens, fast)
     tokens = []
     with torch.inference_mode():

@@ -42,8 +42,19 @@ def bench(
     methods: Annotated[
         str, typer.Option(help="comma-separated, as spts eval --methods (peers: docs/peers.md); full among them")
     ] = BENCH_METHODS,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            help="N > 1: left-padded batches of N prompts of mixed lengths (each length down to half), batched vs "
+            "one by one; prompts/s, TTFT, E2E to 32 tokens (methods default: full,spts; docs/batching.md)"
+        ),
+    ] = 1,
 ) -> None:
     """TTFT, E2E latency and decode speed of the full model vs SPTS, its ablations and peers (resumable)."""
+    if batch_size < 1 or (batch_size > 1 and engine != "hf"):
+        raise typer.BadParameter(
+            "--batch-size takes N >= 1, and N > 1 only with --engine hf", param_hint="--batch-size"
+        )
     if engine == "vllm" and methods != BENCH_METHODS:
         raise typer.BadParameter("--methods applies to --engine hf; --engine vllm compares stock vLLM and vLLM+SPTS")
     if engine == "vllm":  # stock vLLM vs vLLM+SPTS (docs/vllm.md): lengths, preset, out and repeats apply
@@ -63,6 +74,8 @@ def bench(
     else:
         lm, tokenizer = load_model(model, dtype, device)
     config = base_config(preset, model, lm)
+    if batch_size > 1 and methods == BENCH_METHODS:
+        methods = ctx.params["methods"] = "full,spts"  # batches compare the model with SPTS; the header says so
     try:
         chosen = bench_methods(methods, config, lm)
     except ValueError as error:
@@ -77,6 +90,9 @@ def bench(
             raise typer.BadParameter("--ltp needs real weights: add --no-random-weights (or pass --proxies FILE)")
         ffn = zoo_proxies(model, lm, tokenizer, progress=False)
     sizes = [int(n) for n in lengths.split(",")]
+    if batch_size > 1:
+        weights = f"{model} ({'random weights' if random else 'checkpoint'})"
+        return _bench_batches(ctx, lm, chosen, sizes, batch_size, out, repeats, warmup, ffn, decode, config, weights)
     rows = run_bench(
         lm, config, sizes, out, repeats, warmup, ffn, decode=decode, static_decode=static_decode, methods=chosen
     )
@@ -87,4 +103,24 @@ def bench(
         f"{'decoding through ' + decoder if decode else 'prefill only'}. Command: {command_line(ctx)}"
     )
     write_reports(rows, out, header)
+    console.print((out / "table.md").read_text())
+
+
+def _bench_batches(ctx, lm, methods, lengths, batch_size, out, repeats, warmup, ffn, decode, config, weights) -> None:
+    import os
+
+    from spts.bench.batched import run_batch_bench, write_batch_reports
+
+    load_before = os.getloadavg()[0]  # other processes' CPU use shows in it: recorded with the results
+    try:
+        rows = run_batch_bench(lm, lengths, batch_size, methods, out, repeats, warmup, ffn, new_tokens=32 * decode)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+    parameter = next(lm.parameters())
+    header = (
+        f"{weights}, {parameter.device}, {run_context(parameter.dtype)}; batches of {batch_size} left-padded prompts "
+        f"of mixed lengths; SPTS config {describe_config(config, ffn is not None)}; 1-minute load average "
+        f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after. Command: {command_line(ctx)}"
+    )
+    write_batch_reports(rows, out, header)
     console.print((out / "table.md").read_text())

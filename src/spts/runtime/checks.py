@@ -50,17 +50,11 @@ def check_prefill_inputs(attention_mask: Any, cache: Any) -> None:
             f"got {type(cache).__name__} with {', '.join(layer_types) or 'no'} layers. Do not pass "
             "cache_implementation='static' (or offloaded/quantized caches) to generate while SPTS is enabled."
         )
-    if isinstance(attention_mask, torch.Tensor):
-        if attention_mask.dim() != 2:
-            raise UnsupportedInputError(
-                f"SPTS prefill takes a 2D attention_mask (batch, tokens); got shape {tuple(attention_mask.shape)}. "
-                "Pass a 2D mask of ones, or none: SPTS builds its own causal masks"
-            )
-        if not bool(attention_mask.all()):
-            raise UnsupportedInputError(
-                "padded batches are not supported by SPTS: each row would need its own positions and budgets. "
-                "Prefill prompts one at a time, or batch prompts of equal length without padding."
-            )
+    if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() != 2:
+        raise UnsupportedInputError(
+            f"SPTS prefill takes a 2D attention_mask (batch, tokens); got shape {tuple(attention_mask.shape)}. "
+            "Pass the tokenizer's 2D mask (ones, or left padding), or none: SPTS builds its own causal masks"
+        )
 
 
 def check_attention_backend(model: nn.Module) -> None:

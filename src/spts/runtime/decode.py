@@ -25,6 +25,7 @@ from transformers.cache_utils import DynamicCache
 
 from spts.adapters import DecoderAdapter, adapter_for
 from spts.errors import UnsupportedInputError, UnsupportedModelError
+from spts.runtime.padding import PaddedLayout, full_layout, generation_position_ids, layout_of
 
 # RoPE variants whose frequencies depend on how long the sequence has grown: the decoder reads
 # a table computed once per load, which would not follow them.
@@ -48,6 +49,11 @@ class StaticDecoder:
         cuda_graph: capture the step as a CUDA graph; None means yes on CUDA, no elsewhere.
         static_shapes: attend over whole buffers with a mask (the form a graph needs) even without
             a graph; by default eager steps attend over exactly the filled part.
+        attention_mask: the (B, T) padding mask of a left-padded prompt whose cache holds every position (the
+            unmodified model's, prefilled with generate's position ids). Not needed for SPTS's caches or
+            :func:`spts.generation.prefill_with_cache`'s, which carry their padding layout.
+
+    A left-padded batch decodes each row at its own position, with its padded cache slots masked in every layer.
     """
 
     def __init__(
@@ -57,6 +63,7 @@ class StaticDecoder:
         max_new_tokens: int,
         cuda_graph: bool | None = None,
         static_shapes: bool = False,
+        attention_mask: torch.Tensor | None = None,
     ) -> None:
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
@@ -78,6 +85,9 @@ class StaticDecoder:
         self.capacity = [-(-(n + max_new_tokens) // _CHUNK) * _CHUNK for n in lengths]
         self.keys = [_buffer(layer.keys, c) for layer, c in zip(cache.layers, self.capacity, strict=True)]
         self.values = [_buffer(layer.values, c) for layer, c in zip(cache.layers, self.capacity, strict=True)]
+        # Which slots each row may attend to: all but a padded prompt's empty or padding slots.
+        self._visible = [torch.ones(self.batch_size, c, dtype=torch.bool, device=self.device) for c in self.capacity]
+        self._padded = False
         # Step state lives in tensors so that a captured graph reads fresh values on every replay.
         self._prefix = torch.zeros(len(lengths), dtype=torch.long, device=self.device)
         self._step = torch.zeros((), dtype=torch.long, device=self.device)
@@ -88,7 +98,7 @@ class StaticDecoder:
         self._graph: torch.cuda.CUDAGraph | None = None
         self._host_prefix: list[int] = []
         self._host_step = 0
-        self.load(cache)
+        self.load(cache, attention_mask=attention_mask)
 
     # ---------------------------------------------------------------- setup
     def _check_model(self) -> None:
@@ -106,11 +116,12 @@ class StaticDecoder:
                 "grows; decode with the model itself (greedy_continue(..., fast=False) or model.generate)"
             )
 
-    def load(self, cache: Any, position: int | None = None) -> None:
+    def load(self, cache: Any, position: int | None = None, attention_mask: torch.Tensor | None = None) -> None:
         """Copy a prefill's cache into the buffers and restart the step count.
 
         ``position`` is the position of the first new token; by default the number of tokens in
-        layer 0, which holds the whole prompt (SPTS never skips layer 0).
+        layer 0, which holds the whole prompt (SPTS never skips layer 0), or for a padded batch each
+        row's own (see the class's ``attention_mask``).
         """
         lengths = _cache_lengths(cache, len(self.capacity))
         fits = all(n + self.max_new_tokens <= c for n, c in zip(lengths, self.capacity, strict=True))
@@ -119,15 +130,32 @@ class StaticDecoder:
                 "this cache does not fit the decoder's buffers (a layer holds more tokens than the buffers leave room "
                 "for, or the batch size differs); build a new StaticDecoder for it"
             )
+        layout = _padded_layout(cache, attention_mask, lengths)
         with torch.inference_mode():
             for i, layer in enumerate(cache.layers):
                 n = lengths[i]
                 self.keys[i][:, :, :n].copy_(layer.keys)
                 self.values[i][:, :, :n].copy_(layer.values)
+                self._visible[i].fill_(True)
+                if layout is not None:
+                    # Padding slots are masked; zeroed too, so that whatever the prefill left there (a padding
+                    # token's state) cannot reach the output as 0 * inf. Tokens appended since the prefill
+                    # follow the prompt's slots and are all real.
+                    slots = layout.slots(i).to(self.device)
+                    width = slots.shape[1]
+                    self._visible[i][:, :width].copy_(slots)
+                    self.keys[i][:, :, :width].masked_fill_(~slots[:, None, :, None], 0)
+                    self.values[i][:, :, :width].masked_fill_(~slots[:, None, :, None], 0)
             self._prefix.copy_(torch.tensor(lengths))
             self._step.zero_()
-            start = lengths[0] if position is None else position
-            positions = torch.arange(start, start + self.max_new_tokens, device=self.device)[None]
+            if position is not None:
+                start = torch.full((self.batch_size,), position, device=self.device)
+            elif layout is not None:
+                appended = lengths[0] - layout.attention_mask.shape[1]  # tokens decoded since the prefill
+                start = layout.next_positions.to(self.device) + appended
+            else:
+                start = torch.full((self.batch_size,), lengths[0], device=self.device)
+            positions = start[:, None] + torch.arange(self.max_new_tokens, device=self.device)[None]
             cos, sin = self.adapter.rotary()(self.keys[0], positions)
             if self._cos is None:
                 self._cos, self._sin = cos.to(self.dtype), sin.to(self.dtype)
@@ -136,6 +164,7 @@ class StaticDecoder:
                 self._sin.copy_(sin)
         self._host_prefix = lengths
         self._host_step = 0
+        self._padded = layout is not None
 
     @property
     def remaining(self) -> int:
@@ -199,7 +228,8 @@ class StaticDecoder:
             out = self._attend_static(layer_idx, grouped, scaling)
         else:
             n = self._host_prefix[layer_idx] + self._host_step + 1
-            out = F.scaled_dot_product_attention(grouped, keys[:, :, :n], values[:, :, :n], scale=scaling)
+            mask = self._visible[layer_idx][:, None, None, :n] if self._padded else None
+            out = F.scaled_dot_product_attention(grouped, keys[:, :, :n], values[:, :, :n], mask, scale=scaling)
         return out.reshape(batch, -1, 1, head_dim).transpose(1, 2)
 
     def _attend_static(self, layer_idx: int, grouped: torch.Tensor, scaling: float) -> torch.Tensor:
@@ -214,7 +244,7 @@ class StaticDecoder:
         batch, kv_heads, capacity, head_dim = keys.shape
         groups, chunks = grouped.shape[2], capacity // _CHUNK
         filled = self._prefix[layer_idx] + self._step
-        visible = torch.arange(capacity, device=keys.device) <= filled
+        visible = (torch.arange(capacity, device=keys.device) <= filled) & self._visible[layer_idx][:, None, None, :]
         scores = _scores_float32(grouped, keys) * scaling
         weights = scores.masked_fill(~visible, float("-inf")).softmax(-1).to(values.dtype)
         weights = weights.view(batch, kv_heads, groups, chunks, _CHUNK).transpose(2, 3)
@@ -301,6 +331,20 @@ def _cache_lengths(cache: Any, num_layers: int) -> list[int]:
             f"the cache has {len(cache.layers)} layers but the model has {num_layers}; it was built by another model"
         )
     return [layer.keys.shape[2] for layer in cache.layers]
+
+
+def _padded_layout(cache: Any, attention_mask: torch.Tensor | None, lengths: list[int]) -> PaddedLayout | None:
+    """The padding layout of ``cache``: its own (SPTS's prefill, prefill_with_cache), or a full cache's from the
+    prompt's ``attention_mask``; None for unpadded prompts."""
+    layout = layout_of(cache)
+    if layout is None and attention_mask is not None and not bool(attention_mask.bool().all()):
+        if any(n != attention_mask.shape[1] for n in lengths):
+            raise UnsupportedInputError(
+                f"attention_mask covers {attention_mask.shape[1]} tokens but the cache's layers hold {lengths}: pass "
+                "the mask only for a full model's cache of that prompt (SPTS's caches carry their own layout)"
+            )
+        layout = full_layout(attention_mask, generation_position_ids(attention_mask))
+    return layout
 
 
 def _buffer(like: torch.Tensor, capacity: int) -> torch.Tensor:

@@ -30,6 +30,8 @@ from spts.runtime.checks import (
     check_model,
     check_prefill_inputs,
 )
+from spts.runtime.padded_prefill import PaddedPrefill
+from spts.runtime.padding import decode_mask, layout_of, left_padded_lengths
 from spts.runtime.prefill import PrefillContext, PrefillState, skipping_prefill
 from spts.runtime.stats import LayerStats, PrefillStats
 from spts.runtime.timing import IntervalTimer
@@ -56,7 +58,7 @@ class SPTSRuntime:
         self.ffn_scorer = ffn_scorer
         self.selection = selection
         self.num_layers = len(adapter.layers())
-        self.state: PrefillState | None = None
+        self.state: PrefillState | PaddedPrefill | None = None
         self.last_stats: PrefillStats | None = None
         self._saved_forwards: dict[int, Any] = {}
         self._warned_beyond_window = False
@@ -114,6 +116,7 @@ class SPTSRuntime:
                 "return no full attention map; disable SPTS (spts.disable) to inspect attention"
             )
         check_prefill_inputs(kwargs.get("attention_mask"), cache)
+        lengths = left_padded_lengths(kwargs.get("attention_mask"))  # None: no row is padded
         self._warn_if_beyond_context_window(length)
         stats = PrefillStats(
             prompt_length=length,
@@ -131,6 +134,11 @@ class SPTSRuntime:
             ffn_scorer=self.ffn_scorer,
             selection=self.selection,
         )
+        if lengths is not None:
+            self.state = PaddedPrefill.start(
+                context, stats, self.num_layers, kwargs["attention_mask"], lengths, kwargs.get("position_ids")
+            )
+            return
         self.state = PrefillState(
             context=context,
             plans=plan_layers(self.config, self.num_layers, length),
@@ -167,6 +175,8 @@ class SPTSRuntime:
             for i in range(self.config.skipping_layers(self.num_layers).stop, self.num_layers)
         )
         self.last_stats = state.stats
+        if output is not None and isinstance(state, PaddedPrefill):
+            state.finish(output_cache(output), self.num_layers)
         if output is not None:  # None: the forward raised, and that error is the one to see
             check_cache_matches_plan(state.stats, output_cache(output), self.num_layers)
 
@@ -189,12 +199,21 @@ class SPTSRuntime:
         if self.state is not None:
             if position_embeddings is None:
                 raise incompatible(f"decoder layer {layer_idx} received no position_embeddings (rotary cos/sin)")
+            if isinstance(self.state, PaddedPrefill):
+                return self.state.layer(layer_idx, layer, hidden_states, position_embeddings, cache)
             return skipping_prefill(self.state, layer_idx, layer, hidden_states, position_embeddings, cache)
         # Decoding (or appending to an existing cache): every new token is computed, but this layer's
         # cache holds fewer keys than the mask was built for, so keep the mask's trailing columns:
         # the cached keys are all in the past of every new token.
         attention_mask = kwargs.get("attention_mask")
-        if isinstance(attention_mask, torch.Tensor) and cache is not None:
+        layout = layout_of(cache) if cache is not None else None
+        if layout is not None:
+            # A padded prefill's cache: this layer's prompt slots are its rows' kept tokens, left-padded.
+            additive = hidden_states.dtype if self.model.config._attn_implementation == "eager" else None
+            kwargs["attention_mask"] = decode_mask(
+                layout, layer_idx, attention_mask, cache.get_seq_length(layer_idx), hidden_states.shape[1], additive
+            )
+        elif isinstance(attention_mask, torch.Tensor) and cache is not None:
             kv_length = cache.get_seq_length(layer_idx) + hidden_states.shape[1]
             if attention_mask.shape[-1] > kv_length:
                 kwargs["attention_mask"] = attention_mask[..., -kv_length:]

@@ -12,7 +12,8 @@ from spts.runtime.timing import IntervalTimer
 
 @dataclass(frozen=True)
 class LayerStats:
-    """Token counts of one layer in one prefill (per batch row; every row has the same counts).
+    """Token counts of one layer in one prefill (per batch row; every row of an unpadded batch has the same counts,
+    and in a padded batch these are the largest row's, the slots each tensor holds: see ``PrefillStats.rows``).
 
     ``stage`` is None for full layers before ``start_layer``.
     """
@@ -31,6 +32,10 @@ class PrefillStats:
 
     ``kv_positions`` maps each skipping layer to the (B, kv_tokens) original positions of the tokens
     whose keys/values that layer cached; full layers cache every position.
+
+    A left-padded batch has one ``PrefillStats`` per row in ``rows``, each what that prompt's prefill alone
+    reports (its own length, counts and positions, counted from its first real token); the batch's own
+    ``prompt_length`` and layer counts are then the padded tensors' sizes, and ``kv_positions`` is empty.
     """
 
     prompt_length: int
@@ -40,6 +45,12 @@ class PrefillStats:
     candidates: dict[int, torch.Tensor] = field(default_factory=dict)
     probe_timer: IntervalTimer | None = field(default=None, repr=False)
     total_timer: IntervalTimer | None = field(default=None, repr=False)
+    rows: list[PrefillStats] = field(default_factory=list)
+
+    @property
+    def prompt_lengths(self) -> list[int]:
+        """Each row's real prompt length (all ``prompt_length`` in an unpadded batch)."""
+        return [row.prompt_length for row in self.rows] if self.rows else [self.prompt_length] * self.batch_size
 
     @property
     def candidates_per_stage(self) -> dict[int, int]:
@@ -56,7 +67,10 @@ class PrefillStats:
 
     @property
     def kv_fraction(self) -> float:
-        """Cached tokens over what a full prefill caches (1.0 = no compression)."""
+        """Cached tokens over what a full prefill caches (1.0 = no compression); over real tokens in a padded batch."""
+        if self.rows:
+            kept = sum(sum(row.kv_tokens) for row in self.rows)
+            return kept / sum(row.prompt_length * len(row.layers) for row in self.rows)
         return sum(self.kv_tokens) / (self.prompt_length * len(self.layers)) if self.layers else 1.0
 
     @property
@@ -74,7 +88,7 @@ class PrefillStats:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary."""
-        return {
+        out = {
             "prompt_length": self.prompt_length,
             "batch_size": self.batch_size,
             "candidates_per_stage": self.candidates_per_stage,
@@ -86,3 +100,8 @@ class PrefillStats:
             "prefill_seconds": self.prefill_seconds,
             "probe_time_share": self.probe_time_share,
         }
+        if self.rows:
+            # The probe timer is the batch's; rows report their own counts.
+            timed = ("probe_", "prefill_")
+            out["rows"] = [{k: v for k, v in row.to_dict().items() if not k.startswith(timed)} for row in self.rows]
+        return out
