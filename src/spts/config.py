@@ -67,6 +67,13 @@ class SPTSConfig:
         end_layer: layers ``[end_layer, num_layers)`` run in full again, over every token (None: skipping
             runs to the last layer, as in the paper). For studies of where skipping costs accuracy:
             skipping only ``[start_layer, end_layer)`` measures what that layer range loses.
+        sparse_from: first layer with block-sparse prefill attention (None: off; docs/sparse.md): per KV group and
+            query block of ``sparse_block`` tokens, the key blocks an estimate ranks highest until they hold
+            ``sparse_threshold`` of its attention mass (1: all, exact), plus the sink block and the local band.
+        sparse_to: sparse layers are ``[sparse_from, sparse_to)`` (None: up to ``start_layer``); beyond
+            ``start_layer``, the active tokens' attention in skipping layers is sparse too.
+        sparse_min_density: each query block keeps at least this share of its causal blocks.
+        sparse_max_density: a layer keeping a larger share runs the model's own dense attention instead.
     """
 
     start_layer: int
@@ -88,6 +95,12 @@ class SPTSConfig:
     local_sinks: int = 4
     end_layer: int | None = None
     name: str = field(default="custom", compare=False)
+    sparse_from: int | None = None
+    sparse_to: int | None = None
+    sparse_block: int = 128
+    sparse_threshold: float = 0.9
+    sparse_min_density: float = 0.0
+    sparse_max_density: float = 0.6
 
     def __post_init__(self) -> None:
         # Accept lists from users and YAML/JSON; store tuples so the config stays hashable.
@@ -133,6 +146,26 @@ class SPTSConfig:
                 raise ValueError(f"{flag} must be a bool, got {getattr(self, flag)!r}")
         if self.cache_skipped and self.kv_complete:
             raise ValueError("kv_complete already caches every candidate; set cache_skipped only without it")
+        self._check_sparse()
+
+    def _check_sparse(self) -> None:
+        if self.sparse_from is not None:
+            _check_int("sparse_from", self.sparse_from, minimum=0)
+            _check_int("sparse_to", self.sparse_start_stop[1], minimum=self.sparse_from + 1)
+        _check_int("sparse_block", self.sparse_block, minimum=8)
+        if self.sparse_block % 8:
+            raise ValueError(f"sparse_block must be a multiple of 8 (the estimate's stride), got {self.sparse_block}")
+        for name in ("sparse_threshold", "sparse_min_density", "sparse_max_density"):
+            value, zero_ok = getattr(self, name), name == "sparse_min_density"
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if not (number and 0 <= value <= 1 and (value or zero_ok)):
+                raise ValueError(f"{name} must be a number in {'[0, 1]' if zero_ok else '(0, 1]'}, got {value!r}")
+        beyond = self.sparse_from is not None and self.sparse_start_stop[1] > self.start_layer
+        if beyond and (self.kv_complete or self.local_window):
+            raise ValueError(
+                "sparse attention in skipping layers (sparse_to > start_layer) covers their causal attention among "
+                "active tokens; it cannot combine with kv_complete or local_window: lower sparse_to to start_layer"
+            )
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -231,6 +264,19 @@ class SPTSConfig:
         """The layers that skip tokens in a model of ``num_layers`` layers."""
         return range(self.start_layer, num_layers if self.end_layer is None else self.end_layer)
 
+    @property
+    def sparse_start_stop(self) -> tuple[int, int]:
+        return (self.sparse_from or 0, self.start_layer if self.sparse_to is None else self.sparse_to)
+
+    def sparse_layers(self, num_layers: int) -> range:
+        """The layers whose prefill attention is block-sparse (empty when ``sparse_from`` is None)."""
+        start, stop = self.sparse_start_stop
+        return range(start, min(num_layers, stop)) if self.sparse_from is not None else range(0)
+
+    def exact_prefix(self) -> int:
+        """Layers ``[0, n)`` compute exactly what the unmodified model does (prefix replay may stand in for them)."""
+        return self.start_layer if self.sparse_from is None else min(self.start_layer, self.sparse_from)
+
     def stage_of_layer(self, layer_idx: int) -> int | None:
         """Index of the stage ``layer_idx`` belongs to, or None for a full (non-skipping) layer."""
         if layer_idx < self.start_layer or (self.end_layer is not None and layer_idx >= self.end_layer):
@@ -259,6 +305,8 @@ class SPTSConfig:
                     f"stage_boundaries[{i}]={boundary} must be less than the model's {num_layers} layers "
                     f"(allowed: {self.start_layer + 1}..{num_layers - 1})"
                 )
+        if self.sparse_to is not None and self.sparse_to > num_layers:
+            raise ValueError(f"sparse_to={self.sparse_to} must be at most the model's {num_layers} layers")
         if self.end_layer is not None and self.end_layer > num_layers:
             raise ValueError(
                 f"end_layer={self.end_layer} must be at most the model's {num_layers} layers "

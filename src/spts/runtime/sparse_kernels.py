@@ -1,0 +1,140 @@
+"""Block-sparse causal attention over the key blocks :mod:`spts.policies.sparse` keeps, one kernel per device.
+
+* ``gather`` (CPU): for every (KV group, query block) the kept key blocks are gathered into one contiguous key
+  and value sequence (ascending, the diagonal block last), and the query blocks that keep equally many blocks are
+  batched into one call of PyTorch's fused SDPA kernel, with a mask that is causal inside the diagonal block
+  only. A group's query heads share its gathered keys. Few, large calls: the counts are rounded up to a
+  geometric ladder first (:func:`spts.policies.sparse.round_up_counts`).
+* ``flex`` (GPU, or CPU for comparison): FlexAttention (``torch.nn.attention.flex_attention``, compiled) with a
+  ``BlockMask`` built directly from the kept blocks: off-diagonal blocks as full blocks, the diagonal block as a
+  partial block with a causal ``mask_mod``.
+
+Both take ``query`` (B, heads, T, d), ``key``/``value`` (B, kv_heads, T, d) and return (B, T, heads, d), as
+transformers' attention functions do.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import torch
+from torch.nn import functional
+
+from spts.policies.sparse import kept_blocks
+
+GATHER_CHUNK_ELEMENTS = 1 << 24
+"""Largest gathered key tensor one batched call holds (elements), so memory stays bounded at long prompts."""
+
+KERNELS = ("gather", "flex")
+
+
+def default_kernel(device: torch.device) -> str:
+    """The faster kernel on this device (benchmarks/sparse_kernels.py measures both)."""
+    return "flex" if device.type == "cuda" else "gather"
+
+
+def block_sparse_attention(
+    kernel: str,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    order: torch.Tensor,
+    counts: torch.Tensor,
+    block: int,
+    scaling: float,
+) -> torch.Tensor:
+    """Causal attention over the first ``counts`` blocks of ``order`` per (batch, KV group, query block)."""
+    if kernel == "gather":
+        return gathered_attention(query, key, value, order, counts, block, scaling)
+    if kernel == "flex":
+        return flex_block_attention(query, key, value, order, counts, block, scaling)
+    raise ValueError(f"unknown block-sparse kernel {kernel!r}; known: {', '.join(KERNELS)}")
+
+
+def _pad_to_blocks(x: torch.Tensor, padded: int) -> torch.Tensor:
+    return x if x.shape[2] == padded else functional.pad(x, (0, 0, 0, padded - x.shape[2]))
+
+
+@functools.lru_cache(maxsize=64)
+def _tail_causal_mask(n_blocks: int, block: int, device: torch.device) -> torch.Tensor:
+    """(block, n_blocks * block) bool: every earlier block visible, the last (diagonal) block causal."""
+    mask = torch.ones(block, n_blocks * block, dtype=torch.bool, device=device)
+    mask[:, -block:] = torch.ones(block, block, dtype=torch.bool, device=device).tril()
+    return mask
+
+
+def gathered_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    order: torch.Tensor,
+    counts: torch.Tensor,
+    block: int,
+    scaling: float,
+) -> torch.Tensor:
+    batch, heads, length, dim = query.shape
+    kv_heads = key.shape[1]
+    group = heads // kv_heads
+    blocks = -(-length // block)
+    padded = blocks * block
+    rows = batch * kv_heads
+    q = _pad_to_blocks(query, padded).reshape(rows, group, blocks, block, dim)
+    k = _pad_to_blocks(key, padded).reshape(rows * blocks, block, dim)
+    v = _pad_to_blocks(value, padded).reshape(rows * blocks, block, dim)
+    out = query.new_empty(rows, blocks, group, block, dim)
+    flat_counts = counts.reshape(rows * blocks)
+    flat_order = order.reshape(rows * blocks, blocks)
+    for n in torch.unique(flat_counts).tolist():
+        pairs = (flat_counts == n).nonzero().flatten()
+        per_call = max(1, GATHER_CHUNK_ELEMENTS // (n * block * dim))
+        mask = _tail_causal_mask(n, block, query.device)
+        for chunk in pairs.split(per_call):
+            r, i = chunk // blocks, chunk % blocks
+            # Ascending block order puts the diagonal block (the largest kept index) last, where the mask is causal.
+            chosen = flat_order[chunk, :n].sort(dim=-1).values + (r * blocks)[:, None]
+            keys = k[chosen].reshape(len(chunk), 1, n * block, dim).expand(-1, group, -1, -1)
+            values = v[chosen].reshape(len(chunk), 1, n * block, dim).expand(-1, group, -1, -1)
+            out[r, i] = functional.scaled_dot_product_attention(q[r, :, i], keys, values, attn_mask=mask, scale=scaling)
+    out = out.reshape(batch, kv_heads, blocks, group, block, dim).permute(0, 2, 4, 1, 3, 5)
+    return out.reshape(batch, padded, heads, dim)[:, :length]
+
+
+@functools.cache
+def _compiled_flex() -> Callable:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def _causal(batch: torch.Tensor, head: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
+    return q_idx >= kv_idx
+
+
+def flex_block_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    order: torch.Tensor,
+    counts: torch.Tensor,
+    block: int,
+    scaling: float,
+) -> torch.Tensor:
+    from torch.nn.attention.flex_attention import BlockMask
+
+    length = query.shape[2]
+    group = query.shape[1] // key.shape[1]
+    kept = kept_blocks(order, counts)
+    blocks = kept.shape[-1]
+    diagonal = torch.eye(blocks, dtype=torch.bool, device=kept.device)
+    full = (kept & ~diagonal).repeat_interleave(group, dim=1)
+    full_num = full.sum(-1, dtype=torch.int32)
+    full_idx = full.to(torch.int8).argsort(dim=-1, descending=True, stable=True).to(torch.int32)
+    partial_num = torch.ones_like(full_num)
+    partial_idx = torch.arange(blocks, device=kept.device, dtype=torch.int32)[:, None].expand_as(full_idx)
+    block_mask = BlockMask.from_kv_blocks(
+        partial_num, partial_idx.contiguous(), full_num, full_idx, BLOCK_SIZE=block, mask_mod=_causal,
+        seq_lengths=(length, length),
+    )  # fmt: skip
+    out = _compiled_flex()(query, key, value, block_mask=block_mask, scale=scaling, enable_gqa=group > 1)
+    return out.transpose(1, 2).contiguous()
