@@ -283,3 +283,56 @@ def test_density_helper():
     assert density(counts) == 1.0
     assert density(torch.tensor([[[1, 1, 1, 1]]])) == pytest.approx(4 / 10)
     assert math.isclose(density(torch.tensor([[[1, 2, 2, 2]]])), 7 / 10)
+
+
+# ------------------------------------------------------------------------------------------ tuner
+def test_speed_model_predicts_sparse_layers_from_their_density():
+    from spts.tuning.speed import SpeedModel
+
+    speed = SpeedModel(
+        num_layers=6,
+        coefficients={"attention": (0.0, 4e-6, 4e-8), "ffn": (0.0, 6e-6), "probe": (0.0, 1e-7), "move": (0.0, 1e-8),
+                      "dense_core": (0.0, 0.0, 3e-8), "sparse_kernel": (0.0, 0.0, 5e-8),
+                      "sparse_estimate": (0.0, 0.0, 2e-9)},
+    )  # fmt: skip
+    schedule = SPTSConfig(start_layer=3, stage_boundaries=(), budgets=(0.5,))
+    sparse = schedule.with_(sparse_from=0, sparse_max_density=0.5)
+    plain = speed.speedup(schedule, 8192)
+    assert speed.speedup(sparse, 8192) == plain, "without measured densities a sparse layer is predicted dense"
+    sparse_dense = {0: 0.2, 1: 0.2, 2: 0.2}
+    faster = speed.speedup(sparse, 8192, densities=sparse_dense)
+    slower = speed.speedup(sparse, 8192, densities={0: 0.9, 1: 0.9, 2: 0.9})  # falls back: pays the estimate
+    assert slower < plain < faster
+    seconds = speed.layer_seconds(sparse, 8192, densities=sparse_dense)
+    dense_seconds = speed.layer_seconds(schedule, 8192)
+    saved = dense_seconds[0] - seconds[0]
+    assert saved == pytest.approx((3e-8 - 0.2 * 5e-8 - 2e-9) * 8192**2)
+    assert seconds[3:] == dense_seconds[3:]
+
+
+def test_tune_searches_sparse_attention_as_a_dimension(tmp_path):
+    from test_tune import SPEED, TASKS
+    from test_zoo_haystack import _tiny_tokenizer
+
+    from spts.tuning import tune
+
+    tokenizer = _tiny_tokenizer(chat=True)
+    model = tiny_model("llama", vocab_size=len(tokenizer))
+    speed = SPEED.__class__(
+        num_layers=6,
+        coefficients={**SPEED.coefficients, "dense_core": (0.0, 0.0, 3e-8), "sparse_kernel": (0.0, 0.0, 3e-8),
+                      "sparse_estimate": (0.0, 0.0, 1e-10)},
+    )  # fmt: skip
+    result = tune(
+        model, tokenizer, tmp_path, speed_model=speed, progress=False, min_fidelity=0.01, prompts=2, length=300,
+        tasks=TASKS, max_configs=4, measure=1, measure_repeats=1, seed=0,
+        space=["start_layer=3", "delta=0.0", "pool_kernel=1", "budgets=0.5", "stage_boundaries=()",
+               "sparse_from=none,0", "sparse_block=8", "sparse_max_density=1.0"],
+    )  # fmt: skip
+    searched = {c["description"]: c["predicted_speedup"] for c in result.summary["configs"]}
+    assert len(searched) == 2
+    sparse = next(v for k, v in searched.items() if "sparse_from=0" in k)
+    dense = next(v for k, v in searched.items() if "sparse_from" not in k)
+    densities = result.summary["speed_model"]["sparse_densities"]["(8, 0.9, 0.0)"]
+    assert sorted(densities) == list(range(6)) and all(0 < d < 1 for d in densities.values())
+    assert sparse > dense, "the measured densities must make the sparse config predicted faster"

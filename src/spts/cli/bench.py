@@ -42,6 +42,13 @@ def bench(
     methods: Annotated[
         str, typer.Option(help="comma-separated, as spts eval --methods (peers: docs/peers.md); full among them")
     ] = BENCH_METHODS,
+    text: Annotated[
+        bool,
+        typer.Option(
+            help="prompts of real text (a needle prompt over essays; needs --no-random-weights), not random "
+            "tokens: block-sparse attention (docs/sparse.md) is only as sparse as the text's attention"
+        ),
+    ] = False,
 ) -> None:
     """TTFT, E2E latency and decode speed of the full model vs SPTS, its ablations and peers (resumable)."""
     if engine == "vllm" and methods != BENCH_METHODS:
@@ -77,14 +84,25 @@ def bench(
             raise typer.BadParameter("--ltp needs real weights: add --no-random-weights (or pass --proxies FILE)")
         ffn = zoo_proxies(model, lm, tokenizer, progress=False)
     sizes = [int(n) for n in lengths.split(",")]
+    prompt = None
+    if text:
+        if random:
+            raise typer.BadParameter("--text needs a tokenizer: add --no-random-weights (a zoo model or a folder)")
+        from spts.data.haystack import build_needle_prompt, prompt_input_ids
+
+        def prompt(length: int):
+            return prompt_input_ids(tokenizer, build_needle_prompt(tokenizer, length, depth=0.4, seed=1))
+
     rows = run_bench(
-        lm, config, sizes, out, repeats, warmup, ffn, decode=decode, static_decode=static_decode, methods=chosen
-    )
+        lm, config, sizes, out, repeats, warmup, ffn, decode=decode, static_decode=static_decode, methods=chosen,
+        prompt=prompt,
+    )  # fmt: skip
     decoder = "static decoder" if static_decode else "the model's own decode step"
     header = (
         f"{model} ({'random weights' if model in SHAPES and random_weights else 'checkpoint'}), {device}, "
         f"{run_context(dtype)}; SPTS config {describe_config(config, ffn is not None)}; "
-        f"{'decoding through ' + decoder if decode else 'prefill only'}. Command: {command_line(ctx)}"
+        f"{'decoding through ' + decoder if decode else 'prefill only'}; "
+        f"{'needle prompts over essays' if text else 'random-token prompts'}. Command: {command_line(ctx)}"
     )
     write_reports(rows, out, header)
     console.print((out / "table.md").read_text())

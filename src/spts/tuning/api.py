@@ -19,6 +19,7 @@ from spts.tuning.objective import ANSWER_TOKENS, reference_run, score_config
 from spts.tuning.prompts import DEFAULT_TASKS, CalibrationPrompt, file_prompts, generated_prompts
 from spts.tuning.search import Target, TrialStore, check_run, ranking, successive_halving
 from spts.tuning.space import Grid, behaviour, build_grid, fingerprint, parse_space, subsample
+from spts.tuning.sparse_speed import densities_for, measure_densities
 from spts.tuning.speed import SpeedModel, kv_fraction
 from spts.tuning.timing import load_or_measure, measure_speedups
 
@@ -132,15 +133,21 @@ def tune(
     check_run(out_dir, run)
     scorers = _Scorers(model, proxies)
     needs_inputs = bool(getattr(scorers.last_layer(), "needs_inputs", False))
+    grid = build_grid(num_layers, parse_space(settings.space))
+    # Block-sparse attention's speed depends on the text: its density per layer is measured on the first prompt.
+    sparse_block = next((c.sparse_block for c in grid.configs if c.sparse_from is not None), None)
     speed_source = "given"
     if speed_model is None:
         speed_model, cached = load_or_measure(
-            out_dir, model, settings.length, scorers.last_layer(), policy, settings.speed_repeats
+            out_dir, model, settings.length, scorers.last_layer(), policy, settings.speed_repeats, sparse_block
         )
         speed_source = "cached" if cached else "measured"
-
-    grid = build_grid(num_layers, parse_space(settings.space))
-    predicted = {fingerprint(c): speed_model.speedup(c, settings.length, needs_inputs) for c in grid.configs}
+    device = next(model.parameters()).device
+    densities = measure_densities(model, grid.configs, prompts[0].input_ids.to(device)) if sparse_block else {}
+    predicted = {
+        fingerprint(c): speed_model.speedup(c, settings.length, needs_inputs, densities_for(c, densities))
+        for c in grid.configs
+    }
     target = settings.target
     candidates = _meeting_target(grid, predicted, target, settings.length, num_layers)
     configs = {fingerprint(c): c for c in subsample(candidates, settings.max_configs, settings.seed)}
@@ -165,7 +172,8 @@ def tune(
     chosen_fp = rungs[-1].fingerprints[0]
     chosen_aggregate = store.aggregate(chosen_fp, [p.prompt_id for p in prompts[: rungs[-1].prompts]])
     target_met = target.kind == "speedup" or chosen_aggregate.fidelity >= target.value
-    timed = _measure(model, settings, rungs[-1].fingerprints[: settings.measure], configs, scorers, store)
+    sparse_ids = prompts[0].input_ids if sparse_block else None  # sparse speed needs text, not random tokens
+    timed = _measure(model, settings, rungs[-1].fingerprints[: settings.measure], configs, scorers, store, sparse_ids)
 
     latest: dict[str, dict[str, Any]] = {}  # each config at the last rung it reached, best first per rung
     for rung in reversed(rungs):
@@ -195,7 +203,8 @@ def tune(
         configs=list(latest.values()),
         chosen=chosen_fp,
         target_met=target_met,
-        speed_model={"source": speed_source, **speed_model.to_dict()},
+        speed_model={"source": speed_source, **speed_model.to_dict(),
+                     **({"sparse_densities": {str(k): v for k, v in densities.items()}} if densities else {})},
     )  # fmt: skip
     chosen = configs[chosen_fp].with_(name=f"tuned-{chosen_fp}")
     report.write_outputs(out_dir, summary, chosen, model)
@@ -283,7 +292,9 @@ def _score_prompt(model, tokenizer, prompt: CalibrationPrompt, pending, configs,
         bar.update()
 
 
-def _measure(model, settings: TuneSettings, fps, configs, scorers, store: TrialStore) -> dict[str, dict[str, float]]:
+def _measure(
+    model, settings: TuneSettings, fps, configs, scorers, store: TrialStore, ids: Any = None
+) -> dict[str, dict[str, float]]:
     """Timed prefills (full vs config) of the given configs, cached in the trial store."""
     todo = [fp for fp in fps if (fp, settings.length) not in store.timings]
     if todo:
@@ -294,6 +305,7 @@ def _measure(model, settings: TuneSettings, fps, configs, scorers, store: TrialS
             {fp: scorers(configs[fp]) for fp in todo},
             settings.measure_repeats,
             settings.seed,
+            ids,
         )
         for fp, values in measured.items():
             store.append({"kind": "timing", "fingerprint": fp, "length": settings.length, **values,
