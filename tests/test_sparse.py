@@ -311,10 +311,9 @@ def test_speed_model_predicts_sparse_layers_from_their_density():
 
 
 def test_tune_searches_sparse_attention_as_a_dimension(tmp_path):
+    from spts.tuning import tune
     from test_tune import SPEED, TASKS
     from test_zoo_haystack import _tiny_tokenizer
-
-    from spts.tuning import tune
 
     tokenizer = _tiny_tokenizer(chat=True)
     model = tiny_model("llama", vocab_size=len(tokenizer))
