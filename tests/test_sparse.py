@@ -28,7 +28,7 @@ from spts.runtime.sparse_attention import SPARSE_ATTENTION
 from spts.runtime.sparse_kernels import flex_block_attention, gathered_attention
 from spts.runtime.transformers_api import output_cache
 
-LENGTH = 150  # 19 blocks of 8 tokens: enough blocks for the sparse path (runtime.sparse_attention.MIN_BLOCKS)
+LENGTH = 200  # 25 blocks of 8 tokens: enough for the sparse path (runtime.sparse_attention.MIN_BLOCKS)
 SPARSE = dict(sparse_from=0, sparse_block=8)
 FORCED = dict(SPARSE, sparse_max_density=1.0)  # never fall back to dense attention: the kernel always runs
 
@@ -194,7 +194,7 @@ def test_sparse_attention_below_threshold_changes_only_what_it_should():
 def test_short_prompts_and_decoding_use_the_models_own_attention():
     model = tiny_model("llama")
     config = SPTSConfig(start_layer=3, stage_boundaries=(), budgets=(4096,), **FORCED)
-    short = _ids(length=40)  # 5 blocks: below MIN_BLOCKS, no estimate
+    short = _ids(length=120)  # 15 blocks: below MIN_BLOCKS, no estimate
     with spts.enabled(model, config):
         torch.testing.assert_close(model(short).logits, spts.disable(model)(short).logits, rtol=0, atol=1e-5)
     with spts.enabled(model, config):

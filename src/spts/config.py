@@ -100,7 +100,7 @@ class SPTSConfig:
     sparse_block: int = 128
     sparse_threshold: float = 0.9
     sparse_min_density: float = 0.0
-    sparse_max_density: float = 0.6
+    sparse_max_density: float = 0.5
 
     def __post_init__(self) -> None:
         # Accept lists from users and YAML/JSON; store tuples so the config stays hashable.

@@ -33,8 +33,9 @@ from spts.runtime.timing import IntervalTimer
 SPARSE_ATTENTION = "spts_block_sparse"
 _STATE = "_spts_sparse_attention"
 
-MIN_BLOCKS = 8
-"""Prompts of fewer query blocks run dense attention without estimating: too short for sparsity to pay."""
+MIN_BLOCKS = 24
+"""Prompts of fewer query blocks (3K tokens at block 128) run dense attention without estimating: at such lengths
+attention is a small share of a layer, and the estimate mostly keeps enough blocks to fall back anyway."""
 
 
 def _dispatch(module: nn.Module, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, Any]:
