@@ -335,3 +335,20 @@ def test_tune_searches_sparse_attention_as_a_dimension(tmp_path):
     densities = result.summary["speed_model"]["sparse_densities"]["(8, 0.9, 0.0)"]
     assert sorted(densities) == list(range(6)) and all(0 < d < 1 for d in densities.values())
     assert sparse > dense, "the measured densities must make the sparse config predicted faster"
+
+
+def test_bench_rows_report_sparse_density(tmp_path):
+    from spts.bench import run_bench, write_reports
+    from spts.methods import resolve_methods
+
+    model = tiny_model("llama")
+    base = SPTSConfig(start_layer=3, stage_boundaries=(), budgets=(0.5,), sparse_block=8, sparse_threshold=0.5)
+    methods = resolve_methods("full,spts,spts+sparse0.5", base, model)
+    rows = run_bench(model, base, [LENGTH], tmp_path, repeats=1, warmup=0, progress=False, decode=False,
+                     methods=methods, prompt=lambda n: _ids(length=n))  # fmt: skip
+    by_method = {r.method: r for r in rows}
+    assert by_method["spts"].sparse_density is None
+    assert 0 < by_method["spts+sparse0.5"].sparse_density <= 1
+    assert 0 < by_method["spts+sparse0.5"].estimate_time_share < 1
+    write_reports(rows, tmp_path, "tiny")
+    assert "sparse density" in (tmp_path / "table.md").read_text()
