@@ -352,3 +352,19 @@ def test_bench_rows_report_sparse_density(tmp_path):
     assert 0 < by_method["spts+sparse0.5"].estimate_time_share < 1
     write_reports(rows, tmp_path, "tiny")
     assert "sparse density" in (tmp_path / "table.md").read_text()
+
+
+def test_eval_runs_sparse_methods_in_full_and_records_their_density(tmp_path):
+    from spts.eval import PromptRenderer, build_samples, resolve_methods, run_eval
+    from test_zoo_haystack import _tiny_tokenizer
+
+    tokenizer = _tiny_tokenizer(chat=True)
+    model = tiny_model("llama", vocab_size=len(tokenizer))
+    renderer = PromptRenderer(tokenizer)
+    samples = build_samples(renderer, "niah_single", [400], n=1)
+    base = SPTSConfig(start_layer=3, stage_boundaries=(), budgets=(0.5,), sparse_block=8, sparse_max_density=1.0)
+    methods = resolve_methods("full,spts,spts+sparse0.5", base, model)
+    rows = run_eval(model, tokenizer, samples, methods, tmp_path, renderer=renderer, progress=False, reuse_prefix=True)
+    by_method = {r["method"]: r for r in rows}
+    assert "prefix_reused_s" in by_method["spts"] and "prefix_reused_s" not in by_method["spts+sparse0.5"]
+    assert 0 < by_method["spts+sparse0.5"]["sparse_density"] < 1 and "sparse_density" not in by_method["spts"]
