@@ -107,6 +107,15 @@ def _compiled_flex() -> Callable:
     return torch.compile(flex_attention, dynamic=False)
 
 
+@functools.cache
+def _from_kv_blocks_parameters() -> frozenset[str]:
+    import inspect
+
+    from torch.nn.attention.flex_attention import BlockMask
+
+    return frozenset(inspect.signature(BlockMask.from_kv_blocks).parameters)
+
+
 def _causal(batch: torch.Tensor, head: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
     return q_idx >= kv_idx
 
@@ -132,9 +141,11 @@ def flex_block_attention(
     full_idx = full.to(torch.int8).argsort(dim=-1, descending=True, stable=True).to(torch.int32)
     partial_num = torch.ones_like(full_num)
     partial_idx = torch.arange(blocks, device=kept.device, dtype=torch.int32)[:, None].expand_as(full_idx)
+    # Forward only: the transposed (query-side) block indices serve the backward pass, where torch can skip them.
+    forward_only = {"compute_q_blocks": False} if "compute_q_blocks" in _from_kv_blocks_parameters() else {}
     block_mask = BlockMask.from_kv_blocks(
         partial_num, partial_idx.contiguous(), full_num, full_idx, BLOCK_SIZE=block, mask_mod=_causal,
-        seq_lengths=(length, length),
+        seq_lengths=(length, length), **forward_only,
     )  # fmt: skip
     out = _compiled_flex()(query, key, value, block_mask=block_mask, scale=scaling, enable_gqa=group > 1)
     return out.transpose(1, 2).contiguous()
