@@ -85,6 +85,7 @@ class SparseAttention:
     # ---------------------------------------------------------------- one prefill
     def begin(self, stats: PrefillStats) -> None:
         """From now until :meth:`end`, the sparse layers' attention modules dispatch here."""
+        self.end()  # never stack a view on a view, whatever ended the last prefill
         implementation = self.model_config._attn_implementation
         view = copy.copy(self.model_config)
         view._attn_implementation_internal = SPARSE_ATTENTION
