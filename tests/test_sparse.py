@@ -368,3 +368,23 @@ def test_eval_runs_sparse_methods_in_full_and_records_their_density(tmp_path):
     by_method = {r["method"]: r for r in rows}
     assert "prefix_reused_s" in by_method["spts"] and "prefix_reused_s" not in by_method["spts+sparse0.5"]
     assert 0 < by_method["spts+sparse0.5"]["sparse_density"] < 1 and "sparse_density" not in by_method["spts"]
+
+
+@pytest.mark.parametrize("kernel", ["gather", "flex"])
+def test_either_kernel_runs_in_the_model(kernel, monkeypatch):
+    monkeypatch.setenv("SPTS_SPARSE_KERNEL", kernel)
+    model = tiny_model("qwen2")
+    ids = _ids(length=400)
+    reference = model(ids).logits
+    schedule = SPTSConfig(
+        start_layer=3, stage_boundaries=(), budgets=(4096,), sparse_threshold=1.0, **{**FORCED, "sparse_block": 16}
+    )
+    with spts.enabled(model, schedule):
+        torch.testing.assert_close(model(ids).logits, reference, rtol=0, atol=2e-5)
+        assert spts.last_stats(model).sparse
+    if kernel == "flex":  # its tiles: blocks of 8 would compute wrong attention, so they are refused
+        with spts.enabled(model, schedule.with_(sparse_block=8)), pytest.raises(ValueError, match="multiple of 16"):
+            model(ids)
+    monkeypatch.setenv("SPTS_SPARSE_KERNEL", "triton")
+    with pytest.raises(ValueError, match="SPTS_SPARSE_KERNEL"):
+        spts.enable(model, schedule)

@@ -7,7 +7,8 @@
   geometric ladder first (:func:`spts.policies.sparse.round_up_counts`).
 * ``flex`` (GPU, or CPU for comparison): FlexAttention (``torch.nn.attention.flex_attention``, compiled) with a
   ``BlockMask`` built directly from the kept blocks: off-diagonal blocks as full blocks, the diagonal block as a
-  partial block with a causal ``mask_mod``.
+  partial block, and a ``mask_mod`` that is causal and itself says which blocks are kept (flex_attention's
+  semantics are the ``mask_mod``'s; the block lists only let the compiled kernel skip work).
 
 Both take ``query`` (B, heads, T, d), ``key``/``value`` (B, kv_heads, T, d) and return (B, T, heads, d), as
 transformers' attention functions do.
@@ -27,6 +28,9 @@ GATHER_CHUNK_ELEMENTS = 1 << 24
 """Largest gathered key tensor one batched call holds (elements), so memory stays bounded at long prompts."""
 
 KERNELS = ("gather", "flex")
+FLEX_BLOCK_MULTIPLE = {False: 16, True: 128}
+"""sparse_block must be a multiple of this for the flex kernel (on CPU, on CUDA): the kernels' tiles. On CPU,
+blocks of 8 gave wrong results where 16 gave right ones (torch 2.13); on CUDA the Triton templates tile by up to 128."""
 
 
 def default_kernel(device: torch.device) -> str:
@@ -104,7 +108,16 @@ def gathered_attention(
 def _compiled_flex() -> Callable:
     from torch.nn.attention.flex_attention import flex_attention
 
+    # Static shapes: dynamic ones failed to build on CPU (torch 2.13, inductor's C++ template). Prompt lengths are
+    # padded to a coarse grid (_flex_length) so that few shapes compile: past dynamo's recompile limit, flex_attention
+    # would run eagerly, correct (the mask_mod says which blocks are kept) but over the whole score matrix.
     return torch.compile(flex_attention, dynamic=False)
+
+
+def _flex_length(length: int, block: int) -> int:
+    """``length`` rounded up to a grid of 8 steps per power of two (at least one block): at most ~12% padding."""
+    step = -(-(1 << max(0, length.bit_length() - 4)) // block) * block
+    return -(-length // step) * step
 
 
 @functools.cache
@@ -114,10 +127,6 @@ def _from_kv_blocks_parameters() -> frozenset[str]:
     from torch.nn.attention.flex_attention import BlockMask
 
     return frozenset(inspect.signature(BlockMask.from_kv_blocks).parameters)
-
-
-def _causal(batch: torch.Tensor, head: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
-    return q_idx >= kv_idx
 
 
 def flex_block_attention(
@@ -133,10 +142,27 @@ def flex_block_attention(
 
     length = query.shape[2]
     group = query.shape[1] // key.shape[1]
-    kept = kept_blocks(order, counts)
-    blocks = kept.shape[-1]
+    if block % FLEX_BLOCK_MULTIPLE[query.device.type == "cuda"]:
+        raise ValueError(
+            f"the flex kernel needs sparse_block to be a multiple of {FLEX_BLOCK_MULTIPLE[query.device.type == 'cuda']}"
+            f" on {query.device.type} (its tiles); got {block}: use sparse_block=128 or SPTS_SPARSE_KERNEL=gather"
+        )
+    padded = _flex_length(length, block)
+    blocks = padded // block
+    # Padded rows and columns come after every real query and key: only their own diagonal block is kept.
+    kept = torch.eye(blocks, dtype=torch.bool, device=query.device).repeat(*order.shape[:2], 1, 1)
+    real = order.shape[-1]
+    kept[..., :real, :real] = kept_blocks(order, counts)
+    visible = kept.repeat_interleave(group, dim=1)
+    query, key, value = (functional.pad(x, (0, 0, 0, padded - length)) for x in (query, key, value))
+
+    # The mask itself says which blocks are kept, so that any path of flex_attention computes the same attention;
+    # the compiled kernel evaluates it only inside the partial (diagonal) blocks and skips every block not listed.
+    def kept_and_causal(batch: torch.Tensor, head: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor):
+        return (q_idx >= kv_idx) & visible[batch, head, q_idx // block, kv_idx // block]
+
     diagonal = torch.eye(blocks, dtype=torch.bool, device=kept.device)
-    full = (kept & ~diagonal).repeat_interleave(group, dim=1)
+    full = visible & ~diagonal
     full_num = full.sum(-1, dtype=torch.int32)
     full_idx = full.to(torch.int8).argsort(dim=-1, descending=True, stable=True).to(torch.int32)
     partial_num = torch.ones_like(full_num)
@@ -144,8 +170,8 @@ def flex_block_attention(
     # Forward only: the transposed (query-side) block indices serve the backward pass, where torch can skip them.
     forward_only = {"compute_q_blocks": False} if "compute_q_blocks" in _from_kv_blocks_parameters() else {}
     block_mask = BlockMask.from_kv_blocks(
-        partial_num, partial_idx.contiguous(), full_num, full_idx, BLOCK_SIZE=block, mask_mod=_causal,
-        seq_lengths=(length, length), **forward_only,
+        partial_num, partial_idx.contiguous(), full_num, full_idx, BLOCK_SIZE=block, mask_mod=kept_and_causal,
+        seq_lengths=(padded, padded), **forward_only,
     )  # fmt: skip
     out = _compiled_flex()(query, key, value, block_mask=block_mask, scale=scaling, enable_gqa=group > 1)
-    return out.transpose(1, 2).contiguous()
+    return out[:, :, :length].transpose(1, 2).contiguous()
