@@ -7,7 +7,11 @@
 #
 #   OUT=runs/gpu bash benchmarks/gpu_suite.sh                         # LLaMA-3.1-8B shape, 8K-32K
 #   SHAPE=qwen2.5-7b LENGTHS=32768,65536 OUT=runs/gpu bash benchmarks/gpu_suite.sh
+#   PART=sparse OUT=runs/gpu bash benchmarks/gpu_suite.sh      # issue 31: block-sparse attention, 32K-128K
 set -euo pipefail
+if [ "${PART:-decode}" = sparse ]; then
+    exec bash benchmarks/gpu_sparse.sh
+fi
 OUT=${OUT:?set OUT to the output folder}
 SHAPE=${SHAPE:-llama-3.1-8b}
 LENGTHS=${LENGTHS:-8192,16384,32768}

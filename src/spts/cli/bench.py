@@ -49,12 +49,21 @@ def bench(
             "one by one; prompts/s, TTFT, E2E to 32 tokens (methods default: full,spts; docs/batching.md)"
         ),
     ] = 1,
+    text: Annotated[
+        bool,
+        typer.Option(
+            help="prompts of real text (a needle prompt over essays; needs --no-random-weights), not random "
+            "tokens: block-sparse attention (docs/sparse.md) is only as sparse as the text's attention"
+        ),
+    ] = False,
 ) -> None:
     """TTFT, E2E latency and decode speed of the full model vs SPTS, its ablations and peers (resumable)."""
     if batch_size < 1 or (batch_size > 1 and engine != "hf"):
         raise typer.BadParameter(
             "--batch-size takes N >= 1, and N > 1 only with --engine hf", param_hint="--batch-size"
         )
+    if batch_size > 1 and text:
+        raise typer.BadParameter("--text applies to one prompt at a time: leave out --batch-size or --text")
     if engine == "vllm" and methods != BENCH_METHODS:
         raise typer.BadParameter("--methods applies to --engine hf; --engine vllm compares stock vLLM and vLLM+SPTS")
     if engine == "vllm":  # stock vLLM vs vLLM+SPTS (docs/vllm.md): lengths, preset, out and repeats apply
@@ -93,14 +102,25 @@ def bench(
     if batch_size > 1:
         weights = f"{model} ({'random weights' if random else 'checkpoint'})"
         return _bench_batches(ctx, lm, chosen, sizes, batch_size, out, repeats, warmup, ffn, decode, config, weights)
+    prompt = None
+    if text:
+        if random:
+            raise typer.BadParameter("--text needs a tokenizer: add --no-random-weights (a zoo model or a folder)")
+        from spts.data.haystack import build_needle_prompt, prompt_input_ids
+
+        def prompt(length: int):
+            return prompt_input_ids(tokenizer, build_needle_prompt(tokenizer, length, depth=0.4, seed=1))
+
     rows = run_bench(
-        lm, config, sizes, out, repeats, warmup, ffn, decode=decode, static_decode=static_decode, methods=chosen
-    )
+        lm, config, sizes, out, repeats, warmup, ffn, decode=decode, static_decode=static_decode, methods=chosen,
+        prompt=prompt,
+    )  # fmt: skip
     decoder = "static decoder" if static_decode else "the model's own decode step"
     header = (
         f"{model} ({'random weights' if model in SHAPES and random_weights else 'checkpoint'}), {device}, "
         f"{run_context(dtype)}; SPTS config {describe_config(config, ffn is not None)}; "
-        f"{'decoding through ' + decoder if decode else 'prefill only'}. Command: {command_line(ctx)}"
+        f"{'decoding through ' + decoder if decode else 'prefill only'}; "
+        f"{'needle prompts over essays' if text else 'random-token prompts'}. Command: {command_line(ctx)}"
     )
     write_reports(rows, out, header)
     console.print((out / "table.md").read_text())

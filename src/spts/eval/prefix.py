@@ -6,7 +6,8 @@ prefill records what those layers output and cache, and when each layer finished
 (:class:`spts.runtime.replay.RecordedPrefix`). Every schedule then *replays* its prefix
 (:func:`spts.runtime.replay.replay_prefix`) instead of computing it: the same answers, at the cost of its skipping
 layers only. Its TTFT is the full prefill's time up to its start layer plus its own replayed prefill, both measured
-on this sample; GemFilter (its own passes) always runs in full.
+on this sample; GemFilter (its own passes) always runs in full, and so does a schedule with block-sparse attention
+below its start layer (``SPTSConfig.sparse_from``), whose first layers are not the full model's.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from spts.runtime.replay import RecordedPrefix, replay_prefix
 
 
 def replays(method: Method) -> bool:
-    """Whether ``method`` leaves the first layers to the unmodified model (an SPTS schedule), so it can replay them."""
-    return method.config is not None and method.peer is None
+    """Whether ``method`` leaves the first layers to the unmodified model (an SPTS schedule without sparse attention
+    there), so it can replay them."""
+    config = method.config
+    return config is not None and method.peer is None and config.exact_prefix() == config.start_layer
 
 
 def reuse_depth(methods: Sequence[Method]) -> int:

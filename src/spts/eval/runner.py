@@ -26,7 +26,7 @@ from spts.eval.prefix import prefix_seconds, replaying, replays, reuse_depth
 from spts.generation import greedy_continue
 from spts.jsonl import read_rows
 from spts.methods import Method
-from spts.runtime.engine import ffn_scorer
+from spts.runtime.engine import ffn_scorer, last_stats
 from spts.runtime.replay import RecordedPrefix, recording
 from spts.tasks.metrics import score
 from spts.tasks.prompts import EvalSample, PromptRenderer
@@ -167,6 +167,7 @@ def run_method(
             logits, cache = method.prefill(model, ids)
             ttft = clock() - start
         kv_fraction = method.kv_fraction(model, cache, int(ids.shape[-1]))
+        sparse = last_stats(model).to_dict().get("sparse_density_per_layer") if method.config is not None else None
         # The static decoder: the model's own greedy tokens (tested), without its per-step overhead.
         prediction = greedy_continue(
             model, tokenizer, logits, cache, sample.max_new_tokens, stop_at_newline=sample.first_line_only, fast=True
@@ -189,6 +190,8 @@ def run_method(
         "ttft_s": ttft,
         "kv_fraction": kv_fraction,
     }
+    if sparse:  # block-sparse attention: the share of key blocks its layers computed, on this prompt
+        row["sparse_density"] = sum(sparse.values()) / len(sparse)
     if prefix is not None:
         # Its TTFT: the full model's time for the replayed layers on this sample, plus its own prefill.
         row["prefix_reused_s"] = prefix_seconds(prefix, method)

@@ -12,6 +12,10 @@ base SPTS config:
   ``+cache`` (skipped candidates cached for decoding),
   ``+max`` (max over heads), ``+sinks<S>`` / ``+recent<R>`` (protected first S / last R tokens), ``+acc``
   (scores accumulated over a stage), ``+window<W>`` (the last W tokens probe), e.g. ``spts@2+kvc+recent64``;
+* block-sparse attention (docs/sparse.md): ``+sparse<threshold>[:L<from>[-<to>]]`` appended to an SPTS spec makes
+  the attention of layers ``[from, to)`` block-sparse (default: from 0 up to the start layer, the layers that run in
+  full), e.g. ``spts+sparse0.9``, ``spts+sparse0.95:L2``; alone, ``sparse<threshold>[:L<from>[-<to>]]`` is the
+  unmodified model with sparse attention (default: every layer; needs the model), e.g. ``sparse0.9``;
 * ``file:<path>`` or a path ending in ``.json``: a config file (``spts tune``'s ``tuned.json``, or
   ``SPTSConfig.to_file``), named after the file (``runs/tune/tuned.json`` is ``tuned``); ``<name>=<path>`` names
   it yourself, e.g. ``tuned15=runs/tune15/tuned.json``;
@@ -51,7 +55,45 @@ _VARIANT_FLAGS = {
 _VARIANT_COUNTS = {"sinks": "sink_tokens", "recent": "recent_tokens", "window": "probe_tokens", "local": "local_window"}
 
 
+_SPARSE = re.compile(r"sparse(?P<threshold>[0-9.]+)(?::L(?P<first>\d+)(?:-(?P<stop>\d+))?)?")
+
+
+def _sparse_changes(spec: str, variant: str) -> dict | None:
+    """The config fields of a ``sparse<threshold>[:L<from>[-<to>]]`` spec, or None when ``variant`` is not one."""
+    match = _SPARSE.fullmatch(variant)
+    if match is None:
+        return None
+    try:
+        threshold = float(match["threshold"])
+    except ValueError:
+        threshold = float("nan")
+    if not 0 < threshold <= 1:
+        raise ValueError(f"method {spec!r}: the threshold after 'sparse' must be in (0, 1], e.g. sparse0.9")
+    changes: dict = {"sparse_from": int(match["first"] or 0), "sparse_threshold": threshold}
+    if match["stop"] is not None:
+        changes["sparse_to"] = int(match["stop"])
+    return changes
+
+
+def sparse_only(spec: str, model: Any) -> SPTSConfig:
+    """The unmodified model with block-sparse attention: a schedule whose one skipping layer (the last) keeps every
+    token, so it computes what the model does; sparse in every layer unless ``spec`` says otherwise."""
+    if model is None:
+        raise ValueError(f"method {spec!r} follows the model's depth; resolve it with the model")
+    changes = _sparse_changes(spec, spec)
+    assert changes is not None
+    layers = int(model.config.num_hidden_layers)
+    changes.setdefault("sparse_to", layers)
+    base = SPTSConfig(layers - 1, (), (1.0,), skip_attention=False, skip_ffn=False, prune=False, name=spec)
+    config = base.with_(**changes)
+    config.validate_for(layers)
+    return config
+
+
 def _variant_changes(spec: str, variant: str) -> dict:
+    sparse = _sparse_changes(spec, variant)
+    if sparse is not None:
+        return sparse
     if variant in _VARIANT_FLAGS:
         return _VARIANT_FLAGS[variant]
     for prefix, field in _VARIANT_COUNTS.items():
@@ -60,7 +102,7 @@ def _variant_changes(spec: str, variant: str) -> dict:
             return {field: int(count)}
     raise ValueError(
         f"method {spec!r}: unknown selection variant {variant!r}; "
-        "use kvc, cache, max, acc, sinks<N>, recent<N>, window<N> or local<N>"
+        "use kvc, cache, max, acc, sinks<N>, recent<N>, window<N>, local<N> or sparse<threshold>[:L<from>[-<to>]]"
     )
 
 
@@ -97,6 +139,8 @@ def resolve_method(spec: str, base: SPTSConfig, model: Any = None) -> Method:
         assert method.config is not None
         config = method.config.with_(**changes, name=f"{method.config.name}+{'+'.join(variants)}")
         return Method("+".join([method.name, *variants]), config)
+    if _SPARSE.fullmatch(spec):
+        return Method(spec, sparse_only(spec, model))
     if spec == "full":
         return Method("full")
     if spec == "spts":
@@ -121,7 +165,7 @@ def resolve_method(spec: str, base: SPTSConfig, model: Any = None) -> Method:
         return Method(f"spts@{factor:g}", scale_budgets(base, factor))
     raise ValueError(
         f"unknown method {spec!r}; use full, spts, spts@<scale>, derived, pap, pap+ffn, ceiling, "
-        "spts[@<scale>]+<variant>, "
+        "spts[@<scale>]+<variant>, sparse<threshold>[:L<from>[-<to>]], "
         f"a config file (file:<path>, <path>.json or <name>=<path>.json), or a peer: {PEER_SYNTAX}"
     )
 

@@ -33,6 +33,7 @@ from spts.runtime.checks import (
 from spts.runtime.padded_prefill import PaddedPrefill
 from spts.runtime.padding import decode_mask, layout_of, left_padded_lengths
 from spts.runtime.prefill import PrefillContext, PrefillState, skipping_prefill
+from spts.runtime.sparse_attention import sparse_attention_for
 from spts.runtime.stats import LayerStats, PrefillStats
 from spts.runtime.timing import IntervalTimer
 from spts.runtime.transformers_api import cache_argument, incompatible, output_cache
@@ -63,6 +64,7 @@ class SPTSRuntime:
         self._saved_forwards: dict[int, Any] = {}
         self._warned_beyond_window = False
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+        self.sparse = sparse_attention_for(model, adapter, config)
 
     # ---------------------------------------------------------------- patching
     def install(self) -> None:
@@ -88,6 +90,8 @@ class SPTSRuntime:
                 layers[idx].forward = saved
         self._saved_forwards.clear()
         self.state = None
+        if self.sparse is not None:
+            self.sparse.end()
 
     @property
     def attention_function(self) -> Callable:
@@ -126,10 +130,13 @@ class SPTSRuntime:
         )
         stats.layers.extend(LayerStats(i, None, length, length, length, length) for i in range(self.config.start_layer))
         stats.total_timer.start()
+        attention_function = self.attention_function
+        if self.sparse is not None:
+            attention_function = self.sparse.wrap(attention_function)
         context = PrefillContext(
             adapter=self.adapter,
             config=self.config,
-            attention_function=self.attention_function,
+            attention_function=attention_function,
             attn_implementation=self.model.config._attn_implementation,
             ffn_scorer=self.ffn_scorer,
             selection=self.selection,
@@ -146,6 +153,8 @@ class SPTSRuntime:
             scores=None,
             stats=stats,
         )
+        if self.sparse is not None:
+            self.sparse.begin(stats)
 
     def _warn_if_beyond_context_window(self, length: int) -> None:
         # Warn rather than refuse: RoPE scaling or a user's own reasons may make longer prompts work, but
@@ -166,6 +175,8 @@ class SPTSRuntime:
 
     def _after_forward(self, module: nn.Module, args: tuple, output: Any) -> None:
         state, self.state = self.state, None
+        if self.sparse is not None:
+            self.sparse.end()
         if state is None:
             return
         state.stats.total_timer.stop()

@@ -26,6 +26,20 @@ class LayerStats:
     kv_tokens: int
 
 
+@dataclass(frozen=True)
+class SparseLayerStats:
+    """Block-sparse attention in one layer of one prefill: the share of causal key blocks it computed (1.0 when
+    its estimate kept more than ``sparse_max_density`` and the layer ran dense attention)."""
+
+    layer_idx: int
+    kept_density: float
+    dense_fallback: bool
+
+    @property
+    def density(self) -> float:
+        return 1.0 if self.dense_fallback else self.kept_density
+
+
 @dataclass
 class PrefillStats:
     """Statistics of one SPTS prefill; read them with :func:`spts.last_stats`.
@@ -46,6 +60,9 @@ class PrefillStats:
     probe_timer: IntervalTimer | None = field(default=None, repr=False)
     total_timer: IntervalTimer | None = field(default=None, repr=False)
     rows: list[PrefillStats] = field(default_factory=list)
+    sparse: dict[int, SparseLayerStats] = field(default_factory=dict)
+    """Layers with block-sparse attention (``SPTSConfig.sparse_*``) that estimated, by layer."""
+    estimate_timer: IntervalTimer | None = field(default=None, repr=False)
 
     @property
     def prompt_lengths(self) -> list[int]:
@@ -99,9 +116,21 @@ class PrefillStats:
             "probe_seconds": self.probe_seconds,
             "prefill_seconds": self.prefill_seconds,
             "probe_time_share": self.probe_time_share,
+            **self._sparse_dict(),
         }
         if self.rows:
             # The probe timer is the batch's; rows report their own counts.
             timed = ("probe_", "prefill_")
             out["rows"] = [{k: v for k, v in row.to_dict().items() if not k.startswith(timed)} for row in self.rows]
         return out
+
+    def _sparse_dict(self) -> dict[str, Any]:
+        if not self.sparse:
+            return {}
+        estimate = self.estimate_timer.seconds() if self.estimate_timer else 0.0
+        return {
+            "sparse_density_per_layer": {i: s.density for i, s in sorted(self.sparse.items())},
+            "sparse_dense_fallback_layers": sorted(i for i, s in self.sparse.items() if s.dense_fallback),
+            "sparse_estimate_seconds": estimate,
+            "sparse_estimate_time_share": estimate / self.prefill_seconds if self.prefill_seconds > 0 else 0.0,
+        }

@@ -21,6 +21,7 @@ from spts.tuning.quality import OBJECTIVES, needs_score
 from spts.tuning.scoring import Scorers, score_prompts
 from spts.tuning.search import Target, TrialStore, check_run, ranking, successive_halving
 from spts.tuning.space import Grid, behaviour, build_grid, fingerprint, parse_space, subsample
+from spts.tuning.sparse_speed import densities_for, measure_densities
 from spts.tuning.speed import SpeedModel, kv_fraction
 from spts.tuning.timing import load_or_measure, measure_configs
 
@@ -190,15 +191,23 @@ def tune(
     check_run(out_dir, run)
     scorers = Scorers(model, proxies)
     needs_inputs = bool(getattr(scorers.last_layer(), "needs_inputs", False))
+    grid = build_grid(num_layers, parse_space(settings.space))
+    # Block-sparse attention's speed depends on the text: its density per layer is measured on the first prompt.
+    sparse_block = next((c.sparse_block for c in grid.configs if c.sparse_from is not None), None)
     speed_source = "given"
     if speed_model is None:
         speed_model, cached = load_or_measure(
-            out_dir, model, max(lengths), scorers.last_layer(), policy, settings.speed_repeats
+            out_dir, model, max(lengths), scorers.last_layer(), policy, settings.speed_repeats, sparse_block
         )
         speed_source = "cached" if cached else "measured"
-
-    grid = build_grid(num_layers, parse_space(settings.space))
-    by_length = {fingerprint(c): {n: speed_model.speedup(c, n, needs_inputs) for n in lengths} for c in grid.configs}
+    # Sparse densities are measured on the first prompt of the longest length and predicted alike at every length.
+    texts = {n: next((p.input_ids for p in prompts if p.target_length == n), prompts[0].input_ids) for n in lengths}
+    texts = texts if sparse_block else {}
+    densities = measure_densities(model, grid.configs, texts[max(lengths)].to(parameter.device)) if texts else {}
+    by_length = {
+        fingerprint(c): {n: speed_model.speedup(c, n, needs_inputs, densities_for(c, densities)) for n in lengths}
+        for c in grid.configs
+    }
     predicted = {fp: min(speeds.values()) for fp, speeds in by_length.items()}  # the target holds at every length
     mean_speed = {fp: sum(speeds.values()) / len(speeds) for fp, speeds in by_length.items()}
     target = settings.target
@@ -221,7 +230,7 @@ def tune(
     chosen_aggregate = store.aggregate(chosen_fp, prompts[: rungs[-1].prompts], objective)
     target_met = target.kind == "speedup" or chosen_aggregate.quality >= target.value
     timed = measure_configs(model, lengths, list(rungs[-1].fingerprints[: settings.measure]), configs, scorers,
-                            store, settings.measure_repeats, settings.seed)  # fmt: skip
+                            store, settings.measure_repeats, settings.seed, texts)  # fmt: skip
     held = None
     if held_out:
         score_prompts(model, tokenizer, held_out, [chosen_fp], configs, scorers, store, settings.answer_tokens,
@@ -271,7 +280,8 @@ def tune(
         chosen=chosen_fp,
         target_met=target_met,
         holdout=held,
-        speed_model={"source": speed_source, **speed_model.to_dict()},
+        speed_model={"source": speed_source, **speed_model.to_dict(),
+                     **({"sparse_densities": {str(k): v for k, v in densities.items()}} if densities else {})},
     )  # fmt: skip
     chosen = configs[chosen_fp].with_(name=f"tuned-{chosen_fp}")
     report.write_outputs(out_dir, summary, chosen, model)

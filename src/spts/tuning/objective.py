@@ -154,11 +154,12 @@ def score_config(
     task_tokens: int = 0,
     stop_at_newline: bool = False,
 ) -> Score:
-    """Prefill the reference's prompt with ``config`` (layers below its start replayed unless ``replay`` is
-    False), then teacher-force the full answer over the config's cache in one forward."""
+    """Prefill the reference's prompt with ``config`` (the layers below its start that compute what the full model
+    does replayed unless ``replay`` is False: none from a sparse-attention layer on), then teacher-force the full
+    answer over the config's cache in one forward."""
     ids = reference.input_ids
     answer = torch.tensor([reference.answer_ids], device=ids.device)
-    prefix = replay_prefix(model, reference.prefix, config.start_layer) if replay else contextlib.nullcontext()
+    prefix = replay_prefix(model, reference.prefix, config.exact_prefix()) if replay else contextlib.nullcontext()
     with torch.inference_mode(), enabled(model, config, proxies):
         with prefix:
             out = model(ids, use_cache=True, logits_to_keep=1)

@@ -10,7 +10,12 @@ A layer's parts have small linear models in their token counts (seconds, non-neg
 * ``ffn``: post-attention norm and MLP over ``n`` tokens (``f0 + f1 n``);
 * ``probe``: the last token's query against ``n`` candidate keys, softmax and pooling;
 * ``move``: gathering ``n`` rows of the residual stream and scattering them back (an out-of-place copy);
-* ``ffn_score``: the FFN policy's own scores over ``n`` candidates (LTP proxies; zero without).
+* ``ffn_score``: the FFN policy's own scores over ``n`` candidates (LTP proxies; zero without);
+* ``sparse_estimate``, ``sparse_kernel``, ``dense_core`` (timed only for configs with block-sparse attention):
+  the estimate and block selection over ``n`` tokens, the block-sparse kernel per unit of density, and the dense
+  attention call alone. A sparse layer whose measured density (:mod:`spts.tuning.sparse_speed`) is ``d`` pays
+  ``sparse_estimate + d * sparse_kernel`` instead of ``dense_core``, or the estimate on top of it when ``d``
+  exceeds its ``sparse_max_density`` (the dense fallback).
 
 A full layer over ``T`` tokens costs ``attention(T) + ffn(T)``; a skipping layer pays each part at the counts of
 :func:`spts.policies.plan_layers`, as :mod:`spts.runtime.prefill` computes them. What a prefill spends outside
@@ -80,16 +85,32 @@ class SpeedModel:
     def full_layer(self, n: float) -> float:
         return self.attention(n, n) + self.part("ffn", n)
 
-    def layer_seconds(self, config: SPTSConfig | None, length: int, scores_ffn_inputs: bool = False) -> list[float]:
-        """Predicted seconds of each layer's prefill of ``length`` tokens (``config`` None: the full model)."""
+    def sparse_change(self, n: float, density: float, max_density: float) -> float:
+        """Seconds block-sparse attention adds (negative: saves) to a layer's attention over ``n`` tokens."""
+        estimate = self.part("sparse_estimate", n)
+        if density > max_density:
+            return estimate
+        return estimate + density * self.part("sparse_kernel", n) - self.part("dense_core", n)
+
+    def layer_seconds(
+        self,
+        config: SPTSConfig | None,
+        length: int,
+        scores_ffn_inputs: bool = False,
+        densities: Mapping[int, float] | None = None,
+    ) -> list[float]:
+        """Predicted seconds of each layer's prefill of ``length`` tokens (``config`` None: the full model).
+        ``densities``: measured block-sparse density per layer of ``config``'s sparse layers (without them, those
+        layers are predicted dense)."""
         costs = [self.full_layer(length)] * self.num_layers
         if config is None:
             return costs
+        plans = plan_layers(config, self.num_layers, length)
         kv_complete = bool(getattr(config, "kv_complete", False))
         cache_skipped = bool(getattr(config, "cache_skipped", False))
         window = int(getattr(config, "local_window", 0))
         local_keys = getattr(config, "local_sinks", 0) + 2 * window if window else 0
-        for idx, plan in plan_layers(config, self.num_layers, length).items():
+        for idx, plan in plans.items():
             n_cand, budget = plan.candidates, plan.budget
             select_attention = config.skip_attention and budget < n_cand
             select_ffn = config.skip_ffn and budget < n_cand
@@ -112,14 +133,31 @@ class SpeedModel:
                 cost += self.part("move", length)
             cost += self.part("move", n_cand) * (select_attention + select_ffn)
             costs[idx] = cost
+        for idx in config.sparse_layers(self.num_layers) if densities else ():
+            plan = plans.get(idx)
+            n = length if plan is None else min(plan.budget if config.skip_attention else length, plan.candidates)
+            costs[idx] += self.sparse_change(n, densities.get(idx, 1.0), config.sparse_max_density)
         return costs
 
-    def prefill_seconds(self, config: SPTSConfig | None, length: int, scores_ffn_inputs: bool = False) -> float:
-        return sum(self.layer_seconds(config, length, scores_ffn_inputs)) + self.overhead_per_token * length
+    def prefill_seconds(
+        self,
+        config: SPTSConfig | None,
+        length: int,
+        scores_ffn_inputs: bool = False,
+        densities: Mapping[int, float] | None = None,
+    ) -> float:
+        layers = self.layer_seconds(config, length, scores_ffn_inputs, densities)
+        return sum(layers) + self.overhead_per_token * length
 
-    def speedup(self, config: SPTSConfig, length: int, scores_ffn_inputs: bool = False) -> float:
+    def speedup(
+        self,
+        config: SPTSConfig,
+        length: int,
+        scores_ffn_inputs: bool = False,
+        densities: Mapping[int, float] | None = None,
+    ) -> float:
         """Predicted TTFT of the full model over ``config``'s, for a ``length``-token prompt."""
-        spts_seconds = self.prefill_seconds(config, length, scores_ffn_inputs)
+        spts_seconds = self.prefill_seconds(config, length, scores_ffn_inputs, densities)
         return self.prefill_seconds(None, length) / spts_seconds if spts_seconds > 0 else float("inf")
 
     def to_dict(self) -> dict[str, Any]:
@@ -181,7 +219,7 @@ def fit_polynomial(ns: list[float], seconds: list[float], degree: int) -> tuple[
     return tuple(float(c) for c in coefficients)
 
 
-def speed_key(model: nn.Module, length: int, ffn_policy: str) -> dict[str, Any]:
+def speed_key(model: nn.Module, length: int, ffn_policy: str, sparse_block: int | None = None) -> dict[str, Any]:
     """What a measured speed model depends on: reused from the cache only when all of it is the same."""
     config = model.config
     parameter = next(model.parameters())
@@ -198,4 +236,5 @@ def speed_key(model: nn.Module, length: int, ffn_policy: str) -> dict[str, Any]:
         "attention": config._attn_implementation,
         "ffn_policy": ffn_policy,
         "length": length,
+        **({"sparse_block": sparse_block} if sparse_block is not None else {}),
     }  # fmt: skip

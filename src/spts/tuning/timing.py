@@ -29,9 +29,11 @@ from spts.adapters import adapter_for
 from spts.config import SPTSConfig
 from spts.policies import FFNScorer
 from spts.runtime.timing import time_calls
+from spts.tuning.sparse_speed import SPARSE_PARTS, sparse_part_calls
 from spts.tuning.speed import FILE, SpeedModel, fit_polynomial, speed_key
 
 DEGREES = {"attention": 2, "ffn": 1, "probe": 1, "move": 1, "ffn_score": 1}
+DEGREES.update(dict.fromkeys(SPARSE_PARTS, 2))
 MAX_ROUNDS = 3
 """Rounds of ``repeats`` samples at most, while the timings do not grow with the token count (a busy machine)."""
 
@@ -79,9 +81,15 @@ def _elapsed(fn: Any, device: torch.device, loops: int) -> float:
 
 
 def measure_speed_model(
-    model: nn.Module, length: int, scorer: FFNScorer | None = None, repeats: int = 5, ffn_policy: str = "attention"
+    model: nn.Module,
+    length: int,
+    scorer: FFNScorer | None = None,
+    repeats: int = 5,
+    ffn_policy: str = "attention",
+    sparse_block: int | None = None,
 ) -> SpeedModel:
-    """Time this model's parts at a few token counts up to ``length``, and its prefill outside the layers."""
+    """Time this model's parts at a few token counts up to ``length``, and its prefill outside the layers
+    (``sparse_block``: also block-sparse attention's parts, for blocks of that many tokens)."""
     adapter = adapter_for(model)
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(0)
@@ -90,6 +98,10 @@ def measure_speed_model(
         # Every (part, token count) in one interleaved round per repeat: a burst of interference then spoils one
         # sample of each rather than every sample of one token count.
         calls = {(name, n): fn for n in token_counts(length) for name, fn in _part_calls(model, n, scorer, generator)}
+        scale: dict[Any, float] = {}  # the sparse kernel's timings become seconds per unit of density
+        for n in token_counts(length) if sparse_block is not None else ():
+            for name, fn, factor in sparse_part_calls(model, n, sparse_block, generator):
+                calls[(name, n)], scale[(name, n)] = fn, factor
         best: dict[Any, float] = {}
         for _ in range(MAX_ROUNDS):
             for call, seconds in fastest_seconds(calls, device, repeats).items():
@@ -103,7 +115,7 @@ def measure_speed_model(
                 MAX_ROUNDS,
             )
         for (name, n), seconds in best.items():
-            timings[name][n] = seconds
+            timings[name][n] = seconds * scale.get((name, n), 1.0)
         ids = torch.randint(0, model.config.vocab_size, (1, length), generator=generator).to(device)
         with _identity_layers(model):
             outside = fastest_seconds({"outside": lambda: model(ids, use_cache=False, logits_to_keep=1)}, device, 3)
@@ -120,7 +132,7 @@ def measure_speed_model(
         key_share=sizes["k_proj"] / total,
         value_share=sizes["v_proj"] / total,
         overhead_per_token=outside["outside"] / length,
-        key=speed_key(model, length, ffn_policy),
+        key=speed_key(model, length, ffn_policy, sparse_block),
         samples=samples,
     )
 
@@ -209,12 +221,18 @@ def _move(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 
 
 def load_or_measure(
-    out_dir: Path, model: nn.Module, length: int, scorer: FFNScorer | None, ffn_policy: str, repeats: int = 5
+    out_dir: Path,
+    model: nn.Module,
+    length: int,
+    scorer: FFNScorer | None,
+    ffn_policy: str,
+    repeats: int = 5,
+    sparse_block: int | None = None,
 ) -> tuple[SpeedModel, bool]:
     """The speed model cached in ``out_dir`` when it was measured for the same key, else a new measurement
     (then cached). Returns the model and whether it came from the cache."""
     path = Path(out_dir) / FILE
-    key = speed_key(model, length, ffn_policy)
+    key = speed_key(model, length, ffn_policy, sparse_block)
     if path.is_file():
         try:
             cached = SpeedModel.from_dict(json.loads(path.read_text()))
@@ -222,7 +240,7 @@ def load_or_measure(
             cached = None
         if cached is not None and cached.key == key:
             return cached, True
-    measured = measure_speed_model(model, length, scorer, repeats, ffn_policy)
+    measured = measure_speed_model(model, length, scorer, repeats, ffn_policy, sparse_block)
     path.write_text(json.dumps(measured.to_dict(), indent=2) + "\n")
     return measured, False
 
@@ -234,13 +252,15 @@ def measure_speedups(
     scorers: Mapping[str, Any],
     repeats: int = 3,
     seed: int = 0,
+    ids: torch.Tensor | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Time prefills of ``length`` random tokens, the full model and each config interleaved after one warm-up
-    round (as ``spts bench`` does); per config: full and config medians and their ratio."""
+    """Time prefills of ``length`` random tokens (or of ``ids``), the full model and each config interleaved after
+    one warm-up round (as ``spts bench`` does); per config: full and config medians and their ratio."""
     from spts.runtime.engine import enabled
 
     device = next(model.parameters()).device
-    ids = torch.randint(0, model.config.vocab_size, (1, length), generator=torch.Generator().manual_seed(seed))
+    if ids is None:
+        ids = torch.randint(0, model.config.vocab_size, (1, length), generator=torch.Generator().manual_seed(seed))
     ids = ids.to(device)
 
     def prefill() -> Any:
@@ -272,8 +292,10 @@ def measure_configs(
     store: Any,
     repeats: int = 3,
     seed: int = 0,
+    texts: Mapping[int, torch.Tensor] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Timed prefills (full vs config) of the given configs at each length, cached in the trial store
+    """Timed prefills (full vs config) of the given configs at each length (of random tokens, or of ``texts[length]``
+    where given: block-sparse attention's speed needs text), cached in the trial store
     (:class:`spts.tuning.search.TrialStore`, keyed by fingerprint and length). Per config: its measurements by
     length and ``measured_speedup``, the smallest over the lengths (what a speedup at every length promises)."""
     for length in lengths:
@@ -281,7 +303,13 @@ def measure_configs(
         if not todo:
             continue
         measured = measure_speedups(
-            model, length, {fp: configs[fp] for fp in todo}, {fp: scorers(configs[fp]) for fp in todo}, repeats, seed
+            model,
+            length,
+            {fp: configs[fp] for fp in todo},
+            {fp: scorers(configs[fp]) for fp in todo},
+            repeats,
+            seed,
+            (texts or {}).get(length),
         )
         for fp, values in measured.items():
             store.append({"kind": "timing", "fingerprint": fp, "length": length, **values, "repeats": repeats})
