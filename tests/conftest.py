@@ -69,6 +69,18 @@ def _no_grad():
         yield
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread: on a shared, busy CPU a second thread makes every op on small tensors wait at a barrier
+    for a time slice (the SmolLM2 tune takes ~25 s with one thread and ~80 s with two there)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def uninstalled_zoo_entry(name: str = "fake", sha256_prefix: str = ""):
     """A zoo entry whose one package (``spts-no-such-dist-xyz==1.0``) is installed nowhere."""
     from spts import zoo

@@ -39,16 +39,7 @@ SPACE = ("start_layer=2,3", "delta=0.0", "pool_kernel=1,3")
 NO_HOLDOUT = ("none",)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # One torch thread: these tensors are small, and on a shared, busy CPU a second thread makes every op wait
-    # at a barrier for a time slice (the SmolLM2 run takes ~25 s with one thread and ~80 s with two there).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -37,14 +37,7 @@ LENGTHS = (450, 600)
 SPACE = ("start_layer=2,3", "delta=0.0", "pool_kernel=1,3", "budget_exponent=1.0,0.5")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
