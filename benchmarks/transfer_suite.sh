@@ -19,9 +19,6 @@ R=${R:-benchmarks/results}
 short=${MODEL#qwen2.5-coder-}
 tuned=$R/tune_${MODEL}_4096/tuned.json
 METHODS=${METHODS:-full,tuned=$tuned,fastkv@0.2:L13}
-if [[ $MODEL == qwen2.5-coder-0.5b && -z ${KEEP_METHODS:-} ]]; then
-  METHODS=$METHODS,tail=benchmarks/configs/qwen2.5-coder-0.5b_tail.json
-fi
 eval_dir=$R/transfer_eval_qwen${short}_${LENGTH}
 bench_dir=$R/transfer_bench_qwen${short}_${LENGTH}
 
