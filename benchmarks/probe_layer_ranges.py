@@ -83,8 +83,8 @@ def main() -> None:
     renderer = PromptRenderer(tokenizer, "auto", lm.config.max_position_embeddings - 512)
     args.out.mkdir(parents=True, exist_ok=True)
     rows_file = args.out / "rows.jsonl"
-    done = {(r["sample_id"], r["variant"]): r for r in map(json.loads, rows_file.read_text().splitlines())} if (
-        rows_file.exists()) else {}  # fmt: skip
+    lines = rows_file.read_text().splitlines() if rows_file.exists() else []
+    done = {(r["sample_id"], r["variant"]): r for r in map(json.loads, lines)}
     with rows_file.open("a") as rows:
         for index in (int(i) for i in args.indices.split(",")):
             sample = generate(TASKS[args.task], renderer, args.length, index, seed=args.seed)
@@ -97,7 +97,7 @@ def main() -> None:
                 start()
                 logits, cache = prefill_with_cache(lm, ids)
             answers = {"full": greedy_continue(lm, tokenizer, logits, cache, args.tokens, fast=True)}
-            for name in pending[1:] if pending[0] == "full" else pending:
+            for name in (n for n in pending if n != "full"):
                 variant = variants[name]
                 scorer = ffn_scorer(lm, variant, proxies)
                 began = time.perf_counter()
@@ -107,6 +107,8 @@ def main() -> None:
                     answers[name] = greedy_continue(lm, tokenizer, logits, cache, args.tokens, fast=True)
                 print(f"{sample.sample_id} {name:14s} {answers[name]!r} ({time.perf_counter() - began:.0f} s)")
             for name, answer in answers.items():
+                if name not in pending:  # the full answer is recomputed for the others, not rewritten
+                    continue
                 row = {"sample_id": sample.sample_id, "variant": name, "answer": answer,
                        "references": list(sample.references), "same_as_full": answer == answers["full"]}  # fmt: skip
                 done[(sample.sample_id, name)] = row

@@ -192,7 +192,8 @@ def tune(
     scorers = Scorers(model, proxies)
     needs_inputs = bool(getattr(scorers.last_layer(), "needs_inputs", False))
     grid = build_grid(num_layers, parse_space(settings.space))
-    # Block-sparse attention's speed depends on the text: its density per layer is measured on the first prompt.
+    # Block-sparse attention's speed depends on the text: configs are timed on each length's first calibration
+    # prompt, and densities, measured on the longest length's, are predicted alike at every length.
     sparse_block = next((c.sparse_block for c in grid.configs if c.sparse_from is not None), None)
     speed_source = "given"
     if speed_model is None:
@@ -200,9 +201,11 @@ def tune(
             out_dir, model, max(lengths), scorers.last_layer(), policy, settings.speed_repeats, sparse_block
         )
         speed_source = "cached" if cached else "measured"
-    # Sparse densities are measured on the first prompt of the longest length and predicted alike at every length.
-    texts = {n: next((p.input_ids for p in prompts if p.target_length == n), prompts[0].input_ids) for n in lengths}
-    texts = texts if sparse_block else {}
+    texts = (
+        {n: next((p.input_ids for p in prompts if p.target_length == n), prompts[0].input_ids) for n in lengths}
+        if sparse_block
+        else {}
+    )
     densities = measure_densities(model, grid.configs, texts[max(lengths)].to(parameter.device)) if texts else {}
     by_length = {
         fingerprint(c): {n: speed_model.speedup(c, n, needs_inputs, densities_for(c, densities)) for n in lengths}
