@@ -112,16 +112,14 @@ def aggregate(
     by_family = _grouped(objective, rows, references, families)
     by_length = _grouped(objective, rows, references, lengths)
     overall = group_stats(objective, rows, references)
-    if objective == "fidelity":
-        quality = sum(r["fidelity"] for r in rows) / n
-    else:
-        if "quality" not in overall:
-            raise ValueError(f"objective {objective!r} needs task scores, and {fingerprint}'s trials lack some")
-        quality = min(stats["quality"] for stats in by_family.values()) if by_family else overall["quality"]
+    if "quality" not in overall:  # group_stats leaves it out only for a graded objective without task scores
+        raise ValueError(f"objective {objective!r} needs task scores, and {fingerprint}'s trials lack some")
+    worst_family = objective != "fidelity" and by_family
+    quality = min(stats["quality"] for stats in by_family.values()) if worst_family else overall["quality"]
     return Aggregate(
         fingerprint=fingerprint,
         prompts=n,
-        fidelity=sum(r["fidelity"] for r in rows) / n,
+        fidelity=overall["fidelity"],
         first_token=sum(r["first_match"] for r in rows) / n,
         token_agreement=sum(tokens) / len(tokens),
         logprob_gap=sum(r["logprob_gap"] for r in rows) / n,
