@@ -19,7 +19,7 @@ from typing import Any
 
 from spts.tasks import GROUPS, TASKS
 from spts.tuning.prompts import DEFAULT_TASKS, CalibrationPrompt, families_of, task_names
-from spts.tuning.quality import group_stats
+from spts.tuning.quality import group_stats, grouped_stats
 
 HOLDOUT_ORDER = ("qa", "lbf", "ruler")
 """Groups tried in turn for the default held-out family."""
@@ -65,13 +65,7 @@ def summarize(
     length (task scores, retention, fidelity), and each prompt's answers."""
 
     def by(key: str) -> dict[str, Any]:
-        groups: dict[str, list[int]] = {}
-        for i, prompt in enumerate(prompts):
-            groups.setdefault(str(getattr(prompt, key)), []).append(i)
-        return {
-            name: group_stats("score", [trials[i] for i in members], [references[i] for i in members])
-            for name, members in groups.items()
-        }
+        return grouped_stats("score", trials, references, [getattr(prompt, key) for prompt in prompts])
 
     return {
         "tasks": list(dict.fromkeys(p.source for p in prompts)),

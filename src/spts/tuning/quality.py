@@ -109,8 +109,8 @@ def aggregate(
     n = len(rows)
     references = list(references) if references is not None else [None] * n
     tokens = [m for r in rows for m in r["matches"]]
-    by_family = _grouped(objective, rows, references, families)
-    by_length = _grouped(objective, rows, references, lengths)
+    by_family = grouped_stats(objective, rows, references, families)
+    by_length = grouped_stats(objective, rows, references, lengths)
     overall = group_stats(objective, rows, references)
     if "quality" not in overall:  # group_stats leaves it out only for a graded objective without task scores
         raise ValueError(f"objective {objective!r} needs task scores, and {fingerprint}'s trials lack some")
@@ -132,7 +132,14 @@ def aggregate(
     )
 
 
-def _grouped(objective: str, rows, references, keys) -> dict[str, dict[str, Any]]:
+def grouped_stats(
+    objective: str,
+    rows: Sequence[Mapping[str, Any]],
+    references: Sequence[Mapping[str, Any] | None],
+    keys: Sequence[Any] | None,
+) -> dict[str, dict[str, Any]]:
+    """:func:`group_stats` per distinct key (``keys[i]`` is prompt ``i``'s family, length, task, ...), in order of
+    first appearance; empty without keys."""
     if keys is None:
         return {}
     groups: dict[str, list[int]] = {}
