@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from spts.data.haystack import build_needle_prompt
-from spts.integrations.vllm.load import ChatRequest, Server, run_load
+from spts.integrations.vllm.load import ChatRequest, Server, exit_on_sigterm, run_load
 from spts.machine import machine
 from spts.zoo.load import pretrained_path
 
@@ -119,6 +119,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    exit_on_sigterm()  # a terminated run stops its `vllm serve` instead of leaving it behind
     load_before = os.getloadavg()[0]  # other processes' CPU use shows in it; recorded with the results
     from transformers import AutoTokenizer
 

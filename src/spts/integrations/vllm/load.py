@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -162,11 +163,21 @@ def metric(port: int, name: str) -> float:
     return sum(values)
 
 
+def exit_on_sigterm() -> None:
+    """Make SIGTERM raise ``SystemExit`` in the main thread, so that ``with Server(...)`` stops its server.
+
+    Python's default SIGTERM ends the process without unwinding, and the server, in its own session, would keep
+    running (with the port and the memory). For scripts; tests and other callers keep their own handlers."""
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+
+
 class Server:
     """``vllm serve`` on loopback: start it, wait until it is healthy, stop it with SIGINT.
 
     ``arguments`` follow the model path (``--dtype``, ``--max-model-len``, ...); host and port are added. The
-    server's output goes to ``log``. Use as a context manager; ``exit_code`` holds how it ended."""
+    server's output goes to ``log``. Use as a context manager; ``exit_code`` holds how it ended. The server is
+    stopped when the block exits through an exception, so a script that can be terminated calls
+    :func:`exit_on_sigterm` first."""
 
     def __init__(self, vllm: Path, model: Path, arguments: Sequence[str], log: Path, start_timeout: float = 600.0):
         self.port = free_port()
