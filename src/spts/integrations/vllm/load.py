@@ -166,8 +166,8 @@ def metric(port: int, name: str) -> float:
 def exit_on_sigterm() -> None:
     """Make SIGTERM raise ``SystemExit`` in the main thread, so that ``with Server(...)`` stops its server.
 
-    Python's default SIGTERM ends the process without unwinding, and the server, in its own session, would keep
-    running (with the port and the memory). For scripts; tests and other callers keep their own handlers."""
+    Without a handler SIGTERM ends Python at once (no ``finally`` or ``__exit__`` runs), and the server, in its own
+    session, would keep running with the port and the memory. For scripts; tests and other callers keep theirs."""
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
 
 
@@ -176,8 +176,8 @@ class Server:
 
     ``arguments`` follow the model path (``--dtype``, ``--max-model-len``, ...); host and port are added. The
     server's output goes to ``log``. Use as a context manager; ``exit_code`` holds how it ended. The server is
-    stopped when the block exits through an exception, so a script that can be terminated calls
-    :func:`exit_on_sigterm` first."""
+    stopped whenever the block exits, normally or through an exception (not on a bare SIGTERM: a script that can be
+    terminated calls :func:`exit_on_sigterm` first)."""
 
     def __init__(self, vllm: Path, model: Path, arguments: Sequence[str], log: Path, start_timeout: float = 600.0):
         self.port = free_port()
