@@ -256,6 +256,22 @@ def test_config_files_are_methods(tmp_path):
         resolve_methods(f"my name={tmp_path}/tuned.json", BASE)
 
 
+def test_selection_variants_append_to_config_files(tmp_path):
+    tuned = BASE.with_(budgets=(0.7, 0.4), name="whatever")
+    tuned.to_file(tmp_path / "tuned.json", model=tiny_model("llama"))
+    spec = f"{tmp_path}/tuned.json+window8+recent16,mine={tmp_path}/tuned.json+acc"
+    methods = {m.name: m for m in resolve_methods(spec, BASE, tiny_model("llama"))}
+    assert list(methods) == ["tuned+window8+recent16", "mine+acc"]
+    assert methods["tuned+window8+recent16"].config == tuned.with_(
+        probe_tokens=8, recent_tokens=16, name="whatever+window8+recent16"
+    )
+    assert methods["mine+acc"].config.accumulate_scores and methods["mine+acc"].config.budgets == (0.7, 0.4)
+    with pytest.raises(ValueError, match="unknown selection variant 'fast'"):
+        resolve_methods(f"{tmp_path}/tuned.json+fast", BASE)
+    with pytest.raises(ConfigFileError, match="made for another model"):
+        resolve_methods(f"{tmp_path}/tuned.json+acc", BASE, tiny_model("llama", num_hidden_layers=3))
+
+
 @pytest.mark.parametrize(
     "spec, message",
     [

@@ -22,7 +22,8 @@ def eval_command(
         typer.Option(
             help="comma-separated: full, spts, spts@<budget scale>, derived, pap, pap+ffn, ceiling, spts[@s]+<variant> "
             "(kvc, cache, max, acc, sinks<N>, recent<N>, window<N>, local<N>), a config file: <path>.json or "
-            "<name>=<path>.json, or a peer: gemfilter[@keep][:L<layer>], fastkv[@keep][:L<layer>], lazyllm[@scale]"
+            "<name>=<path>.json (each may take +<variant>), "
+            "or a peer: gemfilter[@keep][:L<layer>], fastkv[@keep][:L<layer>], lazyllm[@scale]"
         ),
     ] = "full,pap,pap+ffn,spts@0.5,spts,spts@2",
     preset: Annotated[str | None, typer.Option(help="base SPTS preset; default: the model's, else derived")] = None,

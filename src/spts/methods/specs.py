@@ -18,7 +18,8 @@ base SPTS config:
   unmodified model with sparse attention (default: every layer; needs the model), e.g. ``sparse0.9``;
 * ``file:<path>`` or a path ending in ``.json``: a config file (``spts tune``'s ``tuned.json``, or
   ``SPTSConfig.to_file``), named after the file (``runs/tune/tuned.json`` is ``tuned``); ``<name>=<path>`` names
-  it yourself, e.g. ``tuned15=runs/tune15/tuned.json``;
+  it yourself, e.g. ``tuned15=runs/tune15/tuned.json``; selection variants append to it as to ``spts``, e.g.
+  ``tuned15=runs/tune15/tuned.json+window64`` (the name becomes ``tuned15+window64``);
 * peer methods (:mod:`spts.methods.peers`, docs/peers.md), which need the model: ``gemfilter[@<keep>][:L<layer>]``
   (GemFilter: a filter layer picks ``keep`` tokens, the unmodified model reads only them),
   ``fastkv[@<keep>][:L<layer>]`` (FastKV's token-selective propagation past a layer) and ``lazyllm[@<scale>]``
@@ -126,19 +127,19 @@ def resolve_method(spec: str, base: SPTSConfig, model: Any = None) -> Method:
     from_file = _file_method(spec, model)
     if from_file is not None:
         return from_file
-    peer_spec = parse_peer_spec(spec)
-    if peer_spec is not None:
-        config, peer = build_peer(peer_spec, model)
-        return Method(peer_spec.name, config, peer=peer)
-    if "+" in spec and spec.split("+")[0].partition("@")[0] == "spts":
-        head, *variants = spec.split("+")
-        method = resolve_method(head, base)
+    head, *variants = spec.split("+")
+    if variants and (head.partition("@")[0] == "spts" or _file_method(head, model) is not None):
+        method = resolve_method(head, base, model)
         changes: dict = {}
         for variant in variants:
             changes.update(_variant_changes(spec, variant))
         assert method.config is not None
         config = method.config.with_(**changes, name=f"{method.config.name}+{'+'.join(variants)}")
         return Method("+".join([method.name, *variants]), config)
+    peer_spec = parse_peer_spec(spec)
+    if peer_spec is not None:
+        config, peer = build_peer(peer_spec, model)
+        return Method(peer_spec.name, config, peer=peer)
     if _SPARSE.fullmatch(spec):
         return Method(spec, sparse_only(spec, model))
     if spec == "full":
