@@ -17,10 +17,13 @@ import pytest
 
 from spts.integrations.vllm.load import Server
 
-# Answers /health like `vllm serve`, writes its pid, and exits 0 on SIGINT.
+# Answers /health like `vllm serve`, writes its pid, and exits 0 on SIGINT. Like vLLM (uvicorn), it installs its own
+# SIGINT handler: a child of a background job (`cmd &` in a script) starts with SIGINT ignored, and Python then
+# installs none.
 FAKE_VLLM = """\
 #!{python}
-import http.server, os, sys
+import http.server, os, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
 port = int(sys.argv[sys.argv.index("--port") + 1])
 with open(os.environ["FAKE_VLLM_PID"], "w") as f:
     f.write(str(os.getpid()))
