@@ -128,8 +128,10 @@ def resolve_method(spec: str, base: SPTSConfig, model: Any = None) -> Method:
     if from_file is not None:
         return from_file
     head, *variants = spec.split("+")
-    if variants and (head.partition("@")[0] == "spts" or _file_method(head, model) is not None):
-        method = resolve_method(head, base, model)
+    method = None
+    if variants:
+        method = resolve_method(head, base) if head.partition("@")[0] == "spts" else _file_method(head, model)
+    if method is not None:
         changes: dict = {}
         for variant in variants:
             changes.update(_variant_changes(spec, variant))
