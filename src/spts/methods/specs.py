@@ -130,7 +130,7 @@ def resolve_method(spec: str, base: SPTSConfig, model: Any = None) -> Method:
     head, *variants = spec.split("+")
     method = None
     if variants:
-        method = resolve_method(head, base) if head.partition("@")[0] == "spts" else _file_method(head, model)
+        method = resolve_method(head, base, model) if head.partition("@")[0] == "spts" else _file_method(head, model)
     if method is not None:
         changes: dict = {}
         for variant in variants:
