@@ -9,6 +9,8 @@ from typing import Annotated
 import typer
 
 from spts.cli.common import command_line, console, load_model
+from spts.tuning.prompts import MAX_MISSES
+from spts.tuning.quality import ANSWERED_MIN
 
 
 def tune_command(
@@ -32,10 +34,18 @@ def tune_command(
     objective: Annotated[
         str | None,
         typer.Option(
-            help="fidelity, score or blend (default: blend for generated prompts, fidelity for a prompt file); "
-            "score and blend rank by the worst task family"
+            help="fidelity, score, blend or answered (default: blend for generated prompts, fidelity for a prompt "
+            "file); score, blend and answered rank by the worst task family; answered calibrates on prompts the "
+            "full model answers and rates the task score kept on them"
         ),
     ] = None,
+    answered_min: Annotated[
+        float,
+        typer.Option(help="--objective answered: the full model's task score (0-1] from which a prompt is answered"),
+    ] = ANSWERED_MIN,
+    max_misses: Annotated[
+        int, typer.Option(help="--objective answered: give a task and length up after this many unanswered draws")
+    ] = MAX_MISSES,
     seed: Annotated[int, typer.Option(help="calibration prompts and config subsample (disjoint from spts eval's)")] = 0,
     space: Annotated[
         list[str] | None,
@@ -87,6 +97,8 @@ def tune_command(
             length=length,
             lengths=_ints(lengths),
             objective=objective,
+            answered_min=answered_min,
+            max_misses=max_misses,
             seed=seed,
             space=tuple(space or ()),
             max_configs=max_configs,

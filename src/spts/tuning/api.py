@@ -16,9 +16,9 @@ from spts.runtime.engine import is_enabled
 from spts.tasks.prompts import PromptRenderer
 from spts.tuning import holdout, report
 from spts.tuning.objective import ANSWER_TOKENS
-from spts.tuning.prompts import CalibrationPrompt, file_prompts, generated_prompts
-from spts.tuning.quality import OBJECTIVES, needs_score
-from spts.tuning.scoring import Scorers, score_prompts
+from spts.tuning.prompts import MAX_MISSES, CalibrationPrompt, answered_prompts, file_prompts, generated_prompts
+from spts.tuning.quality import ANSWERED_MIN, OBJECTIVES, needs_score
+from spts.tuning.scoring import Scorers, ffn_policy, full_score, load_proxies, score_prompts
 from spts.tuning.search import Target, TrialStore, check_run, ranking, successive_halving
 from spts.tuning.space import Grid, behaviour, build_grid, fingerprint, parse_space, subsample
 from spts.tuning.sparse_speed import densities_for, measure_densities
@@ -55,8 +55,13 @@ class TuneSettings:
     """Several prompt lengths (prompts cycle over tasks and lengths; the speed target holds at each); () is
     ``(length,)``."""
     objective: str | None = None
-    """``fidelity``, ``score`` or ``blend`` (:mod:`spts.tuning.quality`); None: blend for generated prompts,
-    fidelity for a prompt file (it has no references)."""
+    """``fidelity``, ``score``, ``blend`` or ``answered`` (:mod:`spts.tuning.quality`); None: blend for generated
+    prompts, fidelity for a prompt file (it has no references)."""
+    answered_min: float = ANSWERED_MIN
+    """``answered``: the full model's task score from which a prompt counts as answered; calibration prompts are
+    drawn among those (:func:`spts.tuning.prompts.answered_prompts`)."""
+    max_misses: int = MAX_MISSES
+    """``answered``: a task and length is given up after this many unanswered draws in a row."""
     holdout: Sequence[str] | None = None
     """Tasks or groups left out of calibration, reported on; None: the default family (:mod:`.holdout`); ``()``
     or ``("none",)``: none."""
@@ -80,6 +85,7 @@ class TuneSettings:
             ("measure_repeats", 1),
             ("speed_repeats", 1),
             ("holdout_prompts", 0),
+            ("max_misses", 1),
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -93,7 +99,9 @@ class TuneSettings:
                 raise ValueError(f"lengths must be distinct ints >= 16, got {list(self.lengths)}")
         if self.objective is not None and self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
-        if self.prompt_file is not None and self.objective in ("score", "blend"):
+        if not (isinstance(self.answered_min, int | float) and 0.0 < self.answered_min <= 1.0):
+            raise ValueError(f"answered_min must be in (0, 1], got {self.answered_min!r}")
+        if self.prompt_file is not None and self.objective is not None and needs_score(self.objective):
             raise ValueError(
                 f"objective {self.objective!r} grades answers against references, and a prompt file has none: use "
                 "objective fidelity (the default with a prompt file) or generated tasks"
@@ -181,14 +189,18 @@ def tune(
     lengths, objective = settings.all_lengths, settings.resolved_objective
     graded = needs_score(objective)
     prompts, held_out = _calibration_prompts(model, tokenizer, settings)
-    proxies = _load_proxies(proxies)
-    policy = _ffn_policy(proxies)
+    proxies = load_proxies(proxies)
+    policy = ffn_policy(proxies)
     out_dir.mkdir(parents=True, exist_ok=True)
     parameter = next(model.parameters())
     name = model_name or getattr(model.config, "_name_or_path", None) or model.config.model_type
     run = {"model": name, "ffn_policy": policy, "dtype": str(parameter.dtype), "answer_tokens": settings.answer_tokens,
            "objective": objective}  # fmt: skip
     check_run(out_dir, run)
+    store = TrialStore(out_dir)
+    selection = None
+    if objective == "answered":
+        prompts, selection = _answered_prompts(model, tokenizer, settings, store)
     scorers = Scorers(model, proxies)
     needs_inputs = bool(getattr(scorers.last_layer(), "needs_inputs", False))
     grid = build_grid(num_layers, parse_space(settings.space))
@@ -217,20 +229,19 @@ def tune(
     candidates = _meeting_target(grid, predicted, target, lengths, num_layers)
     configs = {fingerprint(c): c for c in subsample(candidates, settings.max_configs, settings.seed)}
 
-    store = TrialStore(out_dir)
     bar = tqdm(total=0, desc="tune", unit="trial", disable=not progress)
 
     def evaluate(fps: Sequence[str], upto: int) -> dict[str, Any]:
         seen = prompts[:upto]
         score_prompts(model, tokenizer, seen, fps, configs, scorers, store, settings.answer_tokens, graded, bar)
-        return {fp: store.aggregate(fp, seen, objective) for fp in fps}
+        return {fp: store.aggregate(fp, seen, objective, settings.answered_min) for fp in fps}
 
     rungs = successive_halving(
         list(configs), len(prompts), evaluate, ranking(target, predicted, mean_speed), settings.min_survivors,
         most_faithful_survives=target.kind == "fidelity",
     )  # fmt: skip
     chosen_fp = rungs[-1].fingerprints[0]
-    chosen_aggregate = store.aggregate(chosen_fp, prompts[: rungs[-1].prompts], objective)
+    chosen_aggregate = store.aggregate(chosen_fp, prompts[: rungs[-1].prompts], objective, settings.answered_min)
     target_met = target.kind == "speedup" or chosen_aggregate.quality >= target.value
     timed = measure_configs(model, lengths, list(rungs[-1].fingerprints[: settings.measure]), configs, scorers,
                             store, settings.measure_repeats, settings.seed, texts)  # fmt: skip
@@ -250,7 +261,7 @@ def tune(
         for fp in (fp for fp in rung.fingerprints if fp not in latest):
             kv = {str(n): kv_fraction(configs[fp], num_layers, n) for n in lengths}
             latest[fp] = {
-                **asdict(store.aggregate(fp, prompts[: rung.prompts], objective)),
+                **asdict(store.aggregate(fp, prompts[: rung.prompts], objective, settings.answered_min)),
                 "config": behaviour(configs[fp]),
                 "description": report.describe(configs[fp]),
                 "predicted_speedup": predicted[fp],
@@ -283,6 +294,7 @@ def tune(
         chosen=chosen_fp,
         target_met=target_met,
         holdout=held,
+        prompt_selection=selection,
         speed_model={"source": speed_source, **speed_model.to_dict(),
                      **({"sparse_densities": {str(k): v for k, v in densities.items()}} if densities else {})},
     )  # fmt: skip
@@ -304,29 +316,56 @@ def tune(
 def _calibration_prompts(
     model: nn.Module, tokenizer: Any, settings: TuneSettings
 ) -> tuple[list[CalibrationPrompt], list[CalibrationPrompt]]:
-    """The prompts to tune on and the held-out ones to report on, checked against the model's context window
-    (with room for the answer)."""
+    """The prompts to tune on and the held-out ones to report on, checked against the model's context window (with
+    room for the answer). Under ``answered`` no prompts to tune on yet: :func:`_answered_prompts` draws them."""
     window = getattr(model.config, "max_position_embeddings", None)
     longest = max(settings.all_lengths)
     if isinstance(window, int) and longest > window:
         raise ValueError(f"length {longest} is beyond the model's context window of {window} tokens")
     calibration, held = settings.split
     renderer = PromptRenderer(tokenizer, max_prompt_tokens=settings.length if settings.prompt_file else None)
-    if settings.prompt_file is not None:
-        prompts = file_prompts(renderer, settings.prompt_file, settings.prompts)
-    else:
-        prompts = generated_prompts(renderer, settings.prompts, settings.all_lengths, settings.seed, calibration)
     held_out = []
     if held and settings.holdout_prompts:
         held_out = generated_prompts(renderer, settings.holdout_prompts, settings.all_lengths, settings.seed, held)
+    if settings.prompt_file is not None:
+        prompts = file_prompts(renderer, settings.prompt_file, settings.prompts)
+    elif settings.resolved_objective != "answered":
+        prompts = generated_prompts(renderer, settings.prompts, settings.all_lengths, settings.seed, calibration)
+    else:
+        prompts = []
+    return _fitting(model, settings, prompts), _fitting(model, settings, held_out)
+
+
+def _fitting(model: nn.Module, settings: TuneSettings, prompts: list[CalibrationPrompt]) -> list[CalibrationPrompt]:
+    """``prompts``, or a ValueError naming those that leave no room for their answer in the context window."""
+    window = getattr(model.config, "max_position_embeddings", None)
 
     def answer(p: CalibrationPrompt) -> int:
         return max(settings.answer_tokens, p.sample.max_new_tokens if p.sample else 0)
 
-    too_long = [p.prompt_id for p in (*prompts, *held_out) if isinstance(window, int) and p.length + answer(p) > window]
+    too_long = [p.prompt_id for p in prompts if isinstance(window, int) and p.length + answer(p) > window]
     if too_long:
         raise ValueError(f"prompts {too_long} with their answer exceed the context window of {window} tokens")
-    return prompts, held_out
+    return prompts
+
+
+def _answered_prompts(
+    model: nn.Module, tokenizer: Any, settings: TuneSettings, store: TrialStore
+) -> tuple[list[CalibrationPrompt], dict[str, Any]]:
+    """Under ``answered``: calibration prompts the full model answers, its answers stored in ``store`` (resumable),
+    and what was drawn to find them; a TuneError when it answers none."""
+    selection = answered_prompts(
+        PromptRenderer(tokenizer), settings.prompts, settings.all_lengths,
+        lambda p: full_score(model, tokenizer, _fitting(model, settings, [p])[0], store, settings.answer_tokens),
+        settings.answered_min, settings.seed, settings.split[0], settings.max_misses,
+    )  # fmt: skip
+    if not selection.prompts:
+        raise TuneError(
+            f"the full model answers none of the calibration prompts drawn (task score >= {settings.answered_min:g} "
+            f"on none of {sum(c['drawn'] for c in selection.drawn.values())} prompts of "
+            f"{', '.join(selection.drawn)}): lower --answered-min, calibrate on other --tasks or use --objective blend"
+        )
+    return selection.prompts, {"answered_min": settings.answered_min, **selection.to_dict()}
 
 
 def _meeting_target(
@@ -351,20 +390,3 @@ def _meeting_target(
             "--target-speedup or widen --space"
         )
     return meeting
-
-
-def _load_proxies(proxies: Any) -> Any:
-    if isinstance(proxies, str | os.PathLike):
-        from spts.calibration.proxy_file import load_proxies
-
-        return load_proxies(proxies)
-    return proxies
-
-
-def _ffn_policy(proxies: Any) -> str:
-    if proxies is None:
-        return "attention score"
-    meta = getattr(proxies, "meta", None)
-    if meta is not None:
-        return f"LTP ({meta.variant}, d_low={meta.d_low}, rank={meta.rank})"
-    return type(proxies).__name__

@@ -12,14 +12,15 @@ come from it, from disjoint tasks.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from spts.tasks import TASKS, generate, resolve_tasks
+from spts.tasks import TASKS, TaskSpec, generate, resolve_tasks
 from spts.tasks.metrics import score
 from spts.tasks.prompts import EvalSample, PromptRenderer
 
@@ -36,6 +37,10 @@ answer budgets and F1). The held-out family (by default ``qa``, :mod:`spts.tunin
 LEGACY_TASKS = ("niah_single", "niah_multikey", "vt", "qa_squad", "niah_multivalue", "qa_hotpotqa")
 """The calibration tasks of the fidelity-only tuner (before the development-split objectives): ``--tasks`` with
 these, ``--objective fidelity`` and ``--holdout none`` resume its folders and reproduce its choices."""
+
+MAX_MISSES = 8
+"""Unanswered draws in a row after which :func:`answered_prompts` gives a task and length up: a task the full model
+answers 30% of the time is given up wrongly 6% of the time, one it never answers costs 8 full answers."""
 
 FILE_FAMILY = "file"
 """Family of ``--prompt-file`` prompts (no references: fidelity only)."""
@@ -77,12 +82,15 @@ def prompt_plan(n: int, n_tasks: int, lengths: Sequence[int]) -> list[tuple[int,
     first rungs of the search see several of both. Prompt ``i`` does not depend on ``n``; with one length, prompt
     ``i`` is sample ``i // n_tasks`` of task ``i % n_tasks`` (as before lengths were a list)."""
     cycle = n_tasks * len(lengths)
-    plan = []
-    for i in range(n):
-        j = i % cycle
+    slots = itertools.islice(_slots(n_tasks, lengths), n)
+    return [(task, length, i // cycle) for i, (task, length) in enumerate(slots)]
+
+
+def _slots(n_tasks: int, lengths: Sequence[int]) -> Iterator[tuple[int, int]]:
+    """(task position, length) of each prompt of :func:`prompt_plan`, without end."""
+    for j in itertools.cycle(range(n_tasks * len(lengths))):
         task = j % n_tasks
-        plan.append((task, lengths[(task + j // n_tasks) % len(lengths)], i // cycle))
-    return plan
+        yield task, lengths[(task + j // n_tasks) % len(lengths)]
 
 
 def generated_prompts(
@@ -100,18 +108,80 @@ def generated_prompts(
     prompts = []
     for position, length, index in prompt_plan(n, len(specs), lengths):
         spec = specs[position]
-        sample = generate(spec, renderer, length, index, seed=generator_seed)
-        prompts.append(
-            CalibrationPrompt(
-                prompt_id=f"{sample.sample_id}/seed{generator_seed}",
-                input_ids=renderer.input_ids(sample),
-                source=spec.name,
-                family=spec.group,
-                target_length=length,
-                sample=sample,
-            )
-        )
+        prompts.append(_generated(spec, renderer, length, index, generator_seed))
     return prompts
+
+
+def _generated(spec: TaskSpec, renderer: PromptRenderer, length: int, index: int, seed: int) -> CalibrationPrompt:
+    sample = generate(spec, renderer, length, index, seed=seed)
+    return CalibrationPrompt(
+        prompt_id=f"{sample.sample_id}/seed{seed}",
+        input_ids=renderer.input_ids(sample),
+        source=spec.name,
+        family=spec.group,
+        target_length=length,
+        sample=sample,
+    )
+
+
+@dataclass(frozen=True)
+class AnsweredSelection:
+    """The calibration prompts :func:`answered_prompts` kept, and what it drew to find them."""
+
+    prompts: list[CalibrationPrompt]
+    drawn: dict[str, dict[str, int]]
+    """Per ``task/length``: samples drawn and kept."""
+    exhausted: list[str]
+    """``task/length`` pairs given up on: ``max_misses`` draws in a row the full model did not answer."""
+    max_misses: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {"drawn": self.drawn, "exhausted": self.exhausted, "max_misses": self.max_misses}
+
+
+def answered_prompts(
+    renderer: PromptRenderer,
+    n: int,
+    lengths: int | Sequence[int],
+    full_score: Callable[[CalibrationPrompt], float],
+    answered_min: float,
+    seed: int = 0,
+    tasks: Sequence[str] | str | None = None,
+    max_misses: int = MAX_MISSES,
+) -> AnsweredSelection:
+    """``n`` prompts the full model answers (``full_score(prompt) >= answered_min``), in :func:`prompt_plan`'s
+    order of tasks and lengths: each slot takes the next sample of its task and length (the development split's
+    samples 0, 1, 2, ...) that the full model answers. A task and length whose ``max_misses`` draws in a row all
+    fail is given up (its later slots go to the others), so a task the model cannot do costs ``max_misses`` full
+    answers, not the search. Deterministic for a seed; ``full_score`` is called once per drawn prompt, in order.
+    Fewer than ``n`` prompts come back only when every task and length is given up."""
+    specs = resolve_tasks(list(tasks or DEFAULT_TASKS) if not isinstance(tasks, str) else tasks)
+    lengths = (lengths,) if isinstance(lengths, int) else tuple(lengths)
+    generator_seed = TUNE_SEED_OFFSET + seed
+    next_index: dict[tuple[int, int], int] = {}
+    drawn: dict[str, dict[str, int]] = {}
+    exhausted: list[str] = []
+    kept: list[CalibrationPrompt] = []
+    slots = _slots(len(specs), lengths)
+    while len(kept) < n and len(exhausted) < len(specs) * len(lengths):
+        position, length = next(slots)
+        spec = specs[position]
+        key = f"{spec.name}/{length}"
+        if key in exhausted:
+            continue
+        counts = drawn.setdefault(key, {"drawn": 0, "kept": 0})
+        for _ in range(max_misses):
+            index = next_index.get((position, length), 0)
+            next_index[(position, length)] = index + 1
+            prompt = _generated(spec, renderer, length, index, generator_seed)
+            counts["drawn"] += 1
+            if full_score(prompt) >= answered_min:
+                counts["kept"] += 1
+                kept.append(prompt)
+                break
+        else:
+            exhausted.append(key)
+    return AnsweredSelection(kept, drawn, exhausted, max_misses)
 
 
 def read_prompt_file(path: str | Path) -> list[str]:

@@ -1,4 +1,4 @@
-"""What the search ranks configs by: their *quality* over the prompts they have seen, under one of three
+"""What the search ranks configs by: their *quality* over the prompts they have seen, under one of four
 objectives, and the per-family and per-length numbers the reports show.
 
 Per prompt ``p`` a trial gives the fidelity to the full model's answer (:mod:`spts.tuning.objective`) and, for the
@@ -7,7 +7,18 @@ Per prompt ``p`` a trial gives the fidelity to the full model's answer (:mod:`sp
 
 * ``fidelity``: quality = mean over prompts of ``fidelity_p`` (the tuner's first objective, unchanged);
 * ``score``: per family, the mean of ``1 - loss_p``; quality = the worst family's;
-* ``blend``: per family, the mean of ``0.5 fidelity_p + 0.5 (1 - loss_p)``; quality = the worst family's.
+* ``blend``: per family, the mean of ``0.5 fidelity_p + 0.5 (1 - loss_p)``; quality = the worst family's;
+* ``answered``: per family, over the prompts the full model *answers* (``full_p >= answered_min``, default 0.5),
+  the mean of ``min(1, config_p / full_p)``; quality = the worst family's. Families without such a prompt yet are
+  left out; with none at all (the first rungs may see only unanswered prompts) quality is the mean fidelity, which
+  every config of a rung then falls back to alike (the full model decides which prompts count).
+
+Why ``answered``: a prompt the full model gets wrong says nothing about whether a schedule keeps answers, yet under
+``blend`` it weighs as much as any other, through the fidelity to a wrong answer. The 4K + 8K tune of
+Qwen2.5-Coder-0.5B chose its schedule on the LongBench-format family, where the full model answered 2 of 6
+calibration prompts; the fidelity (16 tokens) on the other 4 outweighed a task score lost on the answered one, and
+the schedule kept a third of the single-document F1 on fresh development prompts where the runner-up kept all of it
+(docs/tuning.md). Its calibration prompts are drawn answered (:func:`spts.tuning.prompts.answered_prompts`).
 
 A family is a task group (``ruler``, ``qa``, ``longbench-format``). Taking the worst one means a schedule is only
 as good as its worst prompt family: a loss on LongBench-format QA is not averaged away by needles it keeps. The loss
@@ -21,13 +32,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-OBJECTIVES = ("fidelity", "score", "blend")
+OBJECTIVES = ("fidelity", "score", "blend", "answered")
+
+ANSWERED_MIN = 0.5
+"""Default task score (in [0, 1]) from which the full model's answer counts as an answer under ``answered``."""
 
 OBJECTIVE_DEFINITIONS = {
     "fidelity": "mean over prompts of the fidelity to the full model's greedy answer",
     "score": "per family, mean over its prompts of 1 - max(0, full model's task score - config's); the worst family",
     "blend": "per family, mean over its prompts of 0.5 x fidelity + 0.5 x (1 - max(0, full model's task score - "
     "config's)); the worst family",
+    "answered": "per family, over the prompts the full model answers (task score >= {answered_min:g}), mean of "
+    "min(1, config's task score / full model's); the worst family",
 }
 
 
@@ -36,11 +52,20 @@ def needs_score(objective: str) -> bool:
     return objective != "fidelity"
 
 
-def prompt_quality(objective: str, trial: Mapping[str, Any], reference: Mapping[str, Any] | None) -> float:
-    """One prompt's contribution to quality (see the module docstring)."""
+def describe_objective(objective: str, answered_min: float = ANSWERED_MIN) -> str:
+    return OBJECTIVE_DEFINITIONS[objective].format(answered_min=answered_min)
+
+
+def prompt_quality(
+    objective: str, trial: Mapping[str, Any], reference: Mapping[str, Any] | None, answered_min: float = ANSWERED_MIN
+) -> float | None:
+    """One prompt's contribution to quality (see the module docstring); None for a prompt ``answered`` leaves out."""
     if objective == "fidelity":
         return trial["fidelity"]
-    loss = max(0.0, reference["task_score"] - trial["task_score"])  # type: ignore[index]
+    full = reference["task_score"]  # type: ignore[index]
+    if objective == "answered":
+        return min(1.0, trial["task_score"] / full) if full >= answered_min else None
+    loss = max(0.0, full - trial["task_score"])
     if objective == "score":
         return 1.0 - loss
     if objective == "blend":
@@ -80,15 +105,29 @@ class Aggregate:
             object.__setattr__(self, "quality", self.fidelity)
 
 
+def is_graded(trials: Sequence[Mapping[str, Any]], references: Sequence[Mapping[str, Any] | None]) -> bool:
+    return all("task_score" in t for t in trials) and all(r is not None and "task_score" in r for r in references)
+
+
 def group_stats(
-    objective: str, trials: Sequence[Mapping[str, Any]], references: Sequence[Mapping[str, Any] | None]
+    objective: str,
+    trials: Sequence[Mapping[str, Any]],
+    references: Sequence[Mapping[str, Any] | None],
+    answered_min: float = ANSWERED_MIN,
 ) -> dict[str, Any]:
-    """Prompts, mean fidelity and quality, and (when every prompt was graded) task scores and retention."""
+    """Prompts, mean fidelity and quality, and (when every prompt was graded) task scores and retention. Quality is
+    left out where the objective counts none of the prompts (``answered``: the full model answers none; then
+    ``answered`` is 0) or needs task scores that are missing."""
     n = len(trials)
-    graded = all("task_score" in t for t in trials) and all(r is not None and "task_score" in r for r in references)
+    graded = is_graded(trials, references)
     stats: dict[str, Any] = {"prompts": n, "fidelity": sum(t["fidelity"] for t in trials) / n}
     if objective == "fidelity" or graded:
-        stats["quality"] = sum(prompt_quality(objective, t, r) for t, r in zip(trials, references, strict=True)) / n
+        values = [prompt_quality(objective, t, r, answered_min) for t, r in zip(trials, references, strict=True)]
+        counted = [v for v in values if v is not None]
+        if counted:
+            stats["quality"] = sum(counted) / len(counted)
+        if objective == "answered":
+            stats["answered"] = len(counted)
     if graded:
         config = sum(t["task_score"] for t in trials)
         full = sum(r["task_score"] for r in references)  # type: ignore[index]
@@ -103,19 +142,21 @@ def aggregate(
     references: Sequence[Mapping[str, Any] | None] | None = None,
     families: Sequence[str] | None = None,
     lengths: Sequence[int] | None = None,
+    answered_min: float = ANSWERED_MIN,
 ) -> Aggregate:
     """A config's aggregate over its trial ``rows`` (one per prompt), with each prompt's full-model reference row,
     family and length (all optional for the fidelity objective)."""
     n = len(rows)
     references = list(references) if references is not None else [None] * n
-    tokens = [m for r in rows for m in r["matches"]]
-    by_family = grouped_stats(objective, rows, references, families)
-    by_length = grouped_stats(objective, rows, references, lengths)
-    overall = group_stats(objective, rows, references)
-    if "quality" not in overall:  # group_stats leaves it out only for a graded objective without task scores
+    if needs_score(objective) and not is_graded(rows, references):
         raise ValueError(f"objective {objective!r} needs task scores, and {fingerprint}'s trials lack some")
-    worst_family = objective != "fidelity" and by_family
-    quality = min(stats["quality"] for stats in by_family.values()) if worst_family else overall["quality"]
+    tokens = [m for r in rows for m in r["matches"]]
+    by_family = grouped_stats(objective, rows, references, families, answered_min)
+    by_length = grouped_stats(objective, rows, references, lengths, answered_min)
+    overall = group_stats(objective, rows, references, answered_min)
+    rated = [stats["quality"] for stats in by_family.values() if "quality" in stats] if objective != "fidelity" else []
+    # Only `answered` can rate no prompt (the full model answers none seen yet): then the fidelity ranks.
+    quality = min(rated) if rated else overall.get("quality", overall["fidelity"])
     return Aggregate(
         fingerprint=fingerprint,
         prompts=n,
@@ -137,6 +178,7 @@ def grouped_stats(
     rows: Sequence[Mapping[str, Any]],
     references: Sequence[Mapping[str, Any] | None],
     keys: Sequence[Any] | None,
+    answered_min: float = ANSWERED_MIN,
 ) -> dict[str, dict[str, Any]]:
     """:func:`group_stats` per distinct key (``keys[i]`` is prompt ``i``'s family, length, task, ...), in order of
     first appearance; empty without keys."""
@@ -146,6 +188,6 @@ def grouped_stats(
     for i, key in enumerate(keys):
         groups.setdefault(str(key), []).append(i)
     return {
-        key: group_stats(objective, [rows[i] for i in members], [references[i] for i in members])
+        key: group_stats(objective, [rows[i] for i in members], [references[i] for i in members], answered_min)
         for key, members in groups.items()
     }

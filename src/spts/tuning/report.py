@@ -16,7 +16,7 @@ from torch import nn
 
 from spts.config import SPTSConfig
 from spts.machine import machine
-from spts.tuning.quality import OBJECTIVE_DEFINITIONS
+from spts.tuning.quality import ANSWERED_MIN, describe_objective
 from spts.tuning.space import describe
 
 TUNED_FILE = "tuned.json"
@@ -60,7 +60,9 @@ def build_summary(*, chosen: str, configs: list[dict[str, Any]], **fields: Any) 
         "target": {"kind": target.kind, "value": target.value, "description": target.describe()},
         "settings": {k: _jsonable(v) for k, v in settings.__dict__.items()},
         "fidelity_definition": FIDELITY_DEFINITION,
-        "objective_definition": OBJECTIVE_DEFINITIONS[fields.get("objective", "fidelity")],
+        "objective_definition": describe_objective(
+            fields.get("objective", "fidelity"), getattr(settings, "answered_min", ANSWERED_MIN)
+        ),
         "chosen": chosen,
         "configs": sorted(configs, key=lambda c: -c["prompts"]),
     }
@@ -146,9 +148,13 @@ def markdown(summary: dict[str, Any], top: int = 15) -> str:
     final = [c for c in configs if c["prompts"] == most]
     space = summary["space"]
     objective = summary.get("objective", "fidelity")
+    definition = describe_objective(objective, summary["settings"].get("answered_min", ANSWERED_MIN))
     lengths = _lengths(summary)
     families = list(chosen.get("families") or {})
-    counts = {f: v["prompts"] for f, v in (chosen.get("families") or {}).items()}
+    counts = {
+        f: f"{v['prompts']}" + (f" ({v['answered']} answered)" if "answered" in v else "")
+        for f, v in (chosen.get("families") or {}).items()
+    }
     held = summary.get("holdout_tasks") or []
     lines = [
         f"# spts tune: {summary['model_name']}",
@@ -161,7 +167,7 @@ def markdown(summary: dict[str, Any], top: int = 15) -> str:
         "",
         f"Target: {summary['target']['description']}"
         + (f" at every length ({', '.join(map(str, lengths))} tokens)" if len(lengths) > 1 else "")
-        + f". Objective: **{objective}** ({OBJECTIVE_DEFINITIONS[objective]}). Prompts: {len(summary['prompts'])} of "
+        + f". Objective: **{objective}** ({definition}). Prompts: {len(summary['prompts'])} of "
         f"~{'/'.join(map(str, lengths))} tokens"
         + (f" ({', '.join(f'{f}: {n}' for f, n in counts.items())} on the chosen config's rung)" if counts else "")
         + (f"; held out of calibration: {', '.join(held)}" if held else "")
@@ -176,6 +182,7 @@ def markdown(summary: dict[str, Any], top: int = 15) -> str:
         f"{chosen['kv_fraction']:.0%}."
         + ("" if summary["target_met"] else " **Target not met.**"),
         "",
+        *_selection_lines(summary),
         *_holdout_lines(summary),
         f"Search: {space['valid']} valid configs ({space['invalid']} invalid combinations skipped, "
         f"{space['duplicates']} duplicates), {space['meeting_target']} meeting the speed target, {space['searched']} "
@@ -213,7 +220,7 @@ def markdown(summary: dict[str, Any], top: int = 15) -> str:
             lines.append(f"| {rank} | `{c['fingerprint']}` | {cells}")
     lines += [
         "",
-        f"Quality ({objective}): {OBJECTIVE_DEFINITIONS[objective]}. Fidelity: {FIDELITY_DEFINITION}. Task scores: "
+        f"Quality ({objective}): {definition}. Fidelity: {FIDELITY_DEFINITION}. Task scores: "
         "each config's own greedy answer (to the task's answer budget) graded by the task's metric, as spts eval "
         "grades it. Logprob gap: mean per answer token of the full model's log-probability minus the config's. "
         "Predicted speedup: the calibrated per-layer cost model (speed_model.json), the smallest over the lengths; "
@@ -236,6 +243,20 @@ def _per_length(values: dict[str, float] | None, lengths: list[int]) -> str:
     if not values or len(lengths) < 2:
         return ""
     return " (" + ", ".join(f"{n}: {values[str(n)]:.2f}x" for n in lengths if str(n) in values) + ")"
+
+
+def _selection_lines(summary: dict[str, Any]) -> list[str]:
+    selection = summary.get("prompt_selection")
+    if not selection:
+        return []
+    drawn = "; ".join(f"{key} {c['kept']} of {c['drawn']}" for key, c in selection["drawn"].items())
+    given_up = selection["exhausted"]
+    return [
+        f"**Calibration prompts the full model answers** (task score >= {selection['answered_min']:g}), kept of drawn "
+        f"per task and length: {drawn}."
+        + (f" Given up ({selection['max_misses']} misses in a row): {', '.join(given_up)}." if given_up else ""),
+        "",
+    ]
 
 
 def _holdout_lines(summary: dict[str, Any]) -> list[str]:

@@ -3,6 +3,7 @@ replayed prefill (its task answer when graded) and teacher-forced answer (:mod:`
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,7 +11,7 @@ from torch import nn
 
 from spts.config import SPTSConfig
 from spts.runtime.engine import ffn_scorer
-from spts.tuning.objective import reference_run, score_config
+from spts.tuning.objective import Reference, reference_run, score_config
 from spts.tuning.prompts import CalibrationPrompt, grade
 from spts.tuning.search import TrialStore
 from spts.tuning.space import behaviour
@@ -34,24 +35,9 @@ def score_prompt(
     if not pending:
         return
     sample = prompt.sample if graded else None
-    if graded and sample is None:
-        raise ValueError(f"prompt {prompt.prompt_id} has no references to grade answers against")
-    task = {"task_tokens": sample.max_new_tokens, "stop_at_newline": sample.first_line_only} if sample else {}
-    device = next(model.parameters()).device
-    depth = max(configs[fp].start_layer for fp in pending)
-    ids = prompt.input_ids.to(device)
-    reference = reference_run(model, tokenizer, prompt.prompt_id, ids, depth, answer_tokens, **task)
-    recorded = store.references.get(prompt.prompt_id)
-    if recorded is not None:
-        # Resuming: score against the answer the earlier trials were scored against.
-        reference.answer_ids, reference.full_logprobs = recorded["answer_ids"], recorded["full_logprobs"]
-    if recorded is None or (sample is not None and "task_score" not in recorded):
-        row = {**reference.to_row(), "source": prompt.source}
-        if recorded is not None:
-            row.update(answer=recorded["answer"])
-        if sample is not None:
-            row.update(task_answer=reference.task_answer, task_score=grade(sample, reference.task_answer or ""))
-        store.append(row)
+    task = _task(prompt, graded)
+    reference = _reference(model, tokenizer, prompt, max(configs[fp].start_layer for fp in pending), store,
+                           answer_tokens, graded)  # fmt: skip
     for fp in pending:
         if bar is not None:
             bar.set_postfix_str(f"{prompt.source} {fp}")
@@ -74,6 +60,51 @@ def score_prompt(
         store.append(row)
         if bar is not None:
             bar.update()
+
+
+def _task(prompt: CalibrationPrompt, graded: bool) -> dict[str, Any]:
+    sample = prompt.sample if graded else None
+    if graded and sample is None:
+        raise ValueError(f"prompt {prompt.prompt_id} has no references to grade answers against")
+    return {"task_tokens": sample.max_new_tokens, "stop_at_newline": sample.first_line_only} if sample else {}
+
+
+def _reference(
+    model: nn.Module,
+    tokenizer: Any,
+    prompt: CalibrationPrompt,
+    depth: int,
+    store: TrialStore,
+    answer_tokens: int,
+    graded: bool,
+) -> Reference:
+    """The full model's run on ``prompt`` recording layers ``[0, depth)``, its answers stored as the prompt's
+    reference row (once: a resumed run scores against the answer its earlier trials were scored against)."""
+    sample = prompt.sample if graded else None
+    ids = prompt.input_ids.to(next(model.parameters()).device)
+    reference = reference_run(model, tokenizer, prompt.prompt_id, ids, depth, answer_tokens, **_task(prompt, graded))
+    recorded = store.references.get(prompt.prompt_id)
+    if recorded is not None:
+        reference.answer_ids, reference.full_logprobs = recorded["answer_ids"], recorded["full_logprobs"]
+    if recorded is None or (sample is not None and "task_score" not in recorded):
+        row = {**reference.to_row(), "source": prompt.source}
+        if recorded is not None:
+            row.update(answer=recorded["answer"])
+        if sample is not None:
+            row.update(task_answer=reference.task_answer, task_score=grade(sample, reference.task_answer or ""))
+        store.append(row)
+    return reference
+
+
+def full_score(
+    model: nn.Module, tokenizer: Any, prompt: CalibrationPrompt, store: TrialStore, answer_tokens: int
+) -> float:
+    """The full model's task score on a generated prompt: stored, or from a reference run that is then stored (so
+    choosing prompts the full model answers costs one full answer per prompt drawn, once across resumes)."""
+    recorded = store.references.get(prompt.prompt_id)
+    if recorded is None or "task_score" not in recorded:
+        _reference(model, tokenizer, prompt, 0, store, answer_tokens, graded=True)
+    return store.references[prompt.prompt_id]["task_score"]
 
 
 def score_prompts(
@@ -117,3 +148,22 @@ class Scorers:
         return self(
             SPTSConfig(start_layer=self.model.config.num_hidden_layers - 1, stage_boundaries=(), budgets=(1.0,))
         )
+
+
+def load_proxies(proxies: Any) -> Any:
+    """LTP proxies from a file path, or ``proxies`` as given (an object, an FFN scorer or None)."""
+    if isinstance(proxies, str | os.PathLike):
+        from spts.calibration.proxy_file import load_proxies as read_proxies
+
+        return read_proxies(proxies)
+    return proxies
+
+
+def ffn_policy(proxies: Any) -> str:
+    """How skipped FFNs are scored, in words (the run's ``ffn_policy``)."""
+    if proxies is None:
+        return "attention score"
+    meta = getattr(proxies, "meta", None)
+    if meta is not None:
+        return f"LTP ({meta.variant}, d_low={meta.d_low}, rank={meta.rank})"
+    return type(proxies).__name__

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from spts.jsonl import read_rows
-from spts.tuning.quality import Aggregate, aggregate
+from spts.tuning.quality import ANSWERED_MIN, Aggregate, aggregate
 
 TRIALS_FILE = "trials.jsonl"
 
@@ -142,7 +142,9 @@ class TrialStore:
         row = self.trials.get((fingerprint, prompt_id))
         return row is not None and (not graded or "task_score" in row)
 
-    def aggregate(self, fingerprint: str, prompts: Iterable[Any], objective: str = "fidelity") -> Aggregate:
+    def aggregate(
+        self, fingerprint: str, prompts: Iterable[Any], objective: str = "fidelity", answered_min: float = ANSWERED_MIN
+    ) -> Aggregate:
         """The config's aggregate over ``prompts`` (:class:`spts.tuning.prompts.CalibrationPrompt`, or their ids
         for the fidelity objective without per-family numbers)."""
         prompts = list(prompts)
@@ -155,6 +157,7 @@ class TrialStore:
             [self.references.get(p) for p in ids],
             [p.family for p in prompts] if described else None,
             [p.target_length for p in prompts] if described else None,
+            answered_min,
         )
 
 
