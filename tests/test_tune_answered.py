@@ -9,6 +9,10 @@ and the reports real.
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -120,6 +124,15 @@ def test_an_answered_tune_calibrates_on_answered_prompts_deterministically_and_r
         counter.remove()
     assert counter.count == 0 and again.config == first.config
     assert (tmp_path / "a" / "trials.jsonl").read_text() == trials
+    # benchmarks/rerank_tune.py rates the last rung from the stored trials as the run did.
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "rerank_tune.py"
+    out = subprocess.run([sys.executable, script, tmp_path / "a", "--objectives", "answered,blend", "--rungs", "1"],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    final = [c for c in first.summary["configs"] if c["prompts"] == 6]
+    assert f"## Rung of 6 prompts ({len(final)} configs)" in out
+    for config in final:
+        row = re.search(rf"\| `{config['fingerprint']}` \| [^|]+ \| ([0-9.]+) \(\d+\) \| ([0-9.]+)", out)
+        assert float(row.group(1)) == pytest.approx(config["quality"], abs=5e-4)
 
 
 def test_an_answered_tune_says_what_to_do_when_the_full_model_answers_nothing(setup, tmp_path, monkeypatch):  # noqa: F811
