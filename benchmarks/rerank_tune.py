@@ -70,6 +70,8 @@ def main() -> None:
     unknown = [o for o in objectives if o not in OBJECTIVES]
     if unknown:
         parser.error(f"unknown objectives {unknown}; known: {', '.join(OBJECTIVES)}")
+    if not 0.0 < args.answered_min <= 1.0:
+        parser.error(f"--answered-min must be in (0, 1], got {args.answered_min}")
     if not (args.folder / "summary.json").is_file():
         parser.error(f"{args.folder} holds no summary.json: rerank a finished spts tune folder")
     text = rerank(args.folder, objectives, args.answered_min, args.rungs)
