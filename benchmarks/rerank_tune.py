@@ -16,7 +16,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from spts.tuning.quality import ANSWERED_MIN, OBJECTIVES, needs_score
-from spts.tuning.search import TrialStore
+from spts.tuning.search import Target, TrialStore, ranking
 
 
 def rerank(folder: Path, objectives: list[str], answered_min: float, rungs: int) -> str:
@@ -27,6 +27,7 @@ def rerank(folder: Path, objectives: list[str], answered_min: float, rungs: int)
         for p in summary["prompts"]
     ]
     described = {c["fingerprint"]: c for c in summary["configs"]}
+    same_speed = dict.fromkeys(described, 1.0)  # the search's ranking with speed left out of its tie-breaks
     lines = [f"# Re-ranked: `{folder}`", "", f"Chosen by the run ({summary['objective']}): `{summary['chosen']}`.", ""]
     for rung in summary["rungs"][-rungs:]:
         k = rung["prompts"]
@@ -37,11 +38,12 @@ def rerank(folder: Path, objectives: list[str], answered_min: float, rungs: int)
         lines += [header, "|---|---|" + "---|" * len(objectives)]
         table: dict[str, list[str]] = {fp: [] for fp in members}
         for objective in objectives:
-            graded = [fp for fp in members if not needs_score(objective) or
-                      all("task_score" in store.trials.get((fp, p.prompt_id), {}) for p in seen)]  # fmt: skip
+            graded = [
+                fp for fp in members if all(store.complete(fp, p.prompt_id, needs_score(objective)) for p in seen)
+            ]
             aggregates = {fp: store.aggregate(fp, seen, objective, answered_min) for fp in graded}
-            order = sorted(graded, key=lambda fp: (-aggregates[fp].quality, -aggregates[fp].fidelity,
-                                                   aggregates[fp].logprob_gap, fp))  # fmt: skip
+            key = ranking(Target("speedup", 1.0, objective), same_speed)
+            order = [a.fingerprint for a in sorted(aggregates.values(), key=key)]
             for fp in members:
                 cell = "-" if fp not in aggregates else f"{aggregates[fp].quality:.3f} ({order.index(fp) + 1})"
                 table[fp].append(cell)
