@@ -26,7 +26,8 @@ as a candidate, since no pruning happened before it.
 
 Rows go to OUT/rows.jsonl as they finish (a rerun skips finished rows); OUT/summary.json, OUT/table.md and
 OUT/answer_kept_by_layer.png summarise them. Samples come from the generators of ``spts eval`` with --seed 1 by
-default, so they do not overlap ``spts eval``'s default samples (seed 0). CPU timings are indicative only.
+default, so they do not overlap ``spts eval``'s default samples (seed 0); ``--indices`` diagnoses chosen samples (known
+losses and a few kept answers) instead of the first ``--samples``. CPU timings are indicative only.
 """
 
 from __future__ import annotations
@@ -794,6 +795,21 @@ def base_config(spec: str | None, model: str, lm: Any) -> SPTSConfig:
     raise ValueError(f"{spec!r} is neither a preset ({', '.join(PRESETS)}), 'derived', nor a JSON file")
 
 
+def parse_indices(spec: str) -> list[int]:
+    """``"2,3,7"`` -> [2, 3, 7]; a clear error for anything that is not distinct non-negative integers."""
+    try:
+        values = [int(part) for part in spec.split(",") if part.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"--indices must be comma-separated integers, got {spec!r}") from None
+    if not values or min(values) < 0 or len(set(values)) != len(values):
+        raise typer.BadParameter(f"--indices must list distinct sample indices >= 0, got {spec!r}")
+    return values
+
+
+def _index_text(chosen: Sequence[int]) -> str:
+    return f"0-{len(chosen) - 1}" if chosen == list(range(len(chosen))) else ",".join(map(str, chosen))
+
+
 def machine_name(device: str) -> str:
     if device.startswith("cuda"):
         return f"{torch.cuda.get_device_name(torch.device(device))} GPU"
@@ -805,6 +821,10 @@ def main(
     model: Annotated[str, typer.Option(help="zoo model name (see src/spts/zoo/catalogue.py)")] = "smollm2-135m",
     length: Annotated[int, typer.Option(help="prompt length in tokens (chat template included)")] = 4096,
     samples: Annotated[int, typer.Option(help="samples per task (a larger number extends a finished run)")] = 8,
+    indices: Annotated[
+        str | None,
+        typer.Option(help="comma-separated sample indices to diagnose instead of 0..samples-1 (e.g. known losses)"),
+    ] = None,
     tasks: Annotated[
         str, typer.Option(help="comma-separated tasks or groups (as spts eval)")
     ] = "niah_single,niah_multikey,niah_multivalue,fwe",
@@ -835,6 +855,7 @@ def main(
         specs = resolve_tasks(tasks)
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
+    chosen = parse_indices(indices) if indices else list(range(samples))
     out = out or Path(f"benchmarks/results/diagnose_{model.split('-')[0]}_{length // 1024}k")
     out.mkdir(parents=True, exist_ok=True)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -887,7 +908,7 @@ def main(
     # Index-major across tasks (as spts eval), so a run stopped early has about as many samples of each task.
     items = [
         generate(spec, renderer, length, i, seed)
-        for i in tqdm(range(samples), desc="prompts", unit="index", leave=False)
+        for i in tqdm(chosen, desc="prompts", unit="index", leave=False)
         for spec in specs
     ]
     todo = [(s, [m for m in methods if (s.sample_id, m.name) not in done]) for s in items]
@@ -923,7 +944,7 @@ def main(
     now = datetime.now(UTC)
     header = (
         f"Quality diagnosis: {model}, {length}-token prompts, tasks {','.join(s.name for s in specs)}, seed {seed}, "
-        f"up to {samples} samples per task. {now:%Y-%m-%d}, {machine_name(device)}, "
+        f"samples {_index_text(chosen)} of each task. {now:%Y-%m-%d}, {machine_name(device)}, "
         f"{device} {str(dtype).removeprefix('torch.')}, "
         f"torch {torch.__version__}, transformers {transformers.__version__}. "
         f"Base config {base.name}: start {base.start_layer}, "
