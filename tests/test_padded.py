@@ -229,9 +229,10 @@ def test_a_padded_cache_takes_more_tokens_through_the_models_forward(attn):
         {"kv_complete": True},
         {"cache_skipped": True},
         {"local_window": 8, "local_sinks": 2},
+        {"full_view_tokens": 3},
         {"accumulate_scores": True, "sink_tokens": 2, "recent_tokens": 4, "pool_kernel": 3, "head_aggregation": "max"},
     ],
-    ids=["kv_complete", "cache_skipped", "local_window", "acc-sinks-recent-pool-max"],
+    ids=["kv_complete", "cache_skipped", "local_window", "full_view", "acc-sinks-recent-pool-max"],
 )
 def test_selection_variants_keep_each_row_as_alone(variant):
     model = _model("qwen2", "eager")

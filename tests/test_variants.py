@@ -21,8 +21,10 @@ VARIANTS = {
     "kv-complete": {"kv_complete": True},
     "cache-skipped": {"cache_skipped": True},
     "local-window": {"local_window": 8, "local_sinks": 2},
+    "full-view": {"full_view_tokens": 1},
+    "full-view-3": {"full_view_tokens": 3},
     "all": {"head_aggregation": "max", "sink_tokens": 2, "recent_tokens": 3, "accumulate_scores": True,
-            "kv_complete": True, "probe_tokens": 4, "local_window": 5},
+            "kv_complete": True, "probe_tokens": 4, "local_window": 5, "full_view_tokens": 2},
 }  # fmt: skip
 
 
@@ -130,6 +132,69 @@ def test_kv_complete_caches_every_candidate_and_active_rows_see_them_all(family,
     changed = (spts_output != layer_input).any(-1)[0]
     assert int(changed.sum()) == 16 and bool(changed[-1])
     torch.testing.assert_close(spts_output[0, changed], seen["full"][1][0, changed], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("attn", ATTENTION)
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("tail", [1, 3])
+def test_full_view_tokens_attend_over_the_whole_prompt_in_every_skipping_layer(tail, family, attn):
+    """With tiny budgets, the last ``tail`` tokens' rows of a deep skipping layer's output equal the unmodified
+    layer's output on the same full-length input: they attend over every token, pruned ones included, and run the
+    FFN; the cache still holds only what the schedule keeps."""
+    model = tiny_model(family, attn)
+    config = SMALL.with_(full_view_tokens=tail)
+    ids = _ids(model)
+    calls: dict[str, tuple[tuple, dict, torch.Tensor]] = {}
+
+    def record(name):
+        def hook(module, args, kwargs, output):
+            calls[name] = (args, kwargs, output[0] if isinstance(output, tuple) else output)
+
+        return hook
+
+    layer = model.model.layers[5]
+    handle = layer.register_forward_hook(record("full"), with_kwargs=True)
+    model(ids)
+    handle.remove()
+    with spts.enabled(model, config):
+        handle = layer.register_forward_hook(record("spts"), with_kwargs=True)
+        out = model(ids, use_cache=True)
+        handle.remove()
+        stats = spts.last_stats(model)
+    assert stats.kv_tokens[5] == 6 and spts.cache_tokens_per_layer(output_cache(out))[5] == 6
+    spts_args, spts_kwargs, spts_output = calls["spts"]
+    layer_input = spts_args[0] if spts_args else spts_kwargs["hidden_states"]
+    stock_kwargs = calls["full"][1]
+    uncached = ("hidden_states", "past_key_values", "past_key_value", "cache", "use_cache")
+    stock = layer(layer_input, **{k: v for k, v in stock_kwargs.items() if k not in uncached})
+    stock = stock[0] if isinstance(stock, tuple) else stock
+    torch.testing.assert_close(spts_output[0, -tail:], stock[0, -tail:], rtol=0, atol=1e-5)
+    # Without the option the last token reads only the 6 tokens the stage keeps: its row differs.
+    with spts.enabled(model, SMALL):
+        handle = layer.register_forward_hook(record("paper"), with_kwargs=True)
+        model(ids)
+        handle.remove()
+    assert not torch.allclose(calls["paper"][2][0, -1], stock[0, -1], atol=1e-4)
+
+
+def test_full_view_tokens_beyond_the_budget_are_refused_clearly():
+    model = tiny_model("llama")
+    with spts.enabled(model, SMALL.with_(full_view_tokens=8)), pytest.raises(ValueError, match="too few to hold"):
+        model(_ids(model))
+
+
+def test_speed_model_charges_the_full_view_its_projections_and_attention():
+    from spts.tuning.speed import SpeedModel
+
+    speed = SpeedModel(
+        num_layers=6,
+        coefficients={"attention": (0.0, 4e-6, 4e-8), "ffn": (0.0, 6e-6), "probe": (0.0, 1e-7), "move": (0.0, 1e-8)},
+    )
+    schedule = SPTSConfig(start_layer=3, stage_boundaries=(), budgets=(0.1,))
+    plain, viewing = speed.layer_seconds(schedule, 8192), speed.layer_seconds(schedule.with_(full_view_tokens=2), 8192)
+    extra = 4e-6 * (speed.key_share + speed.value_share) * 8192 + 4e-8 * 2 * 8192
+    assert viewing[:3] == plain[:3]
+    assert viewing[3:] == pytest.approx([s + extra for s in plain[3:]])
 
 
 def test_kv_complete_is_refused_with_flash_attention():

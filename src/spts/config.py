@@ -65,6 +65,13 @@ class SPTSConfig:
             the whole prefix. They still skip the FFN unless selected for it, and the cache holds what it holds
             without this. Costs their query, value and output projections.
         local_sinks: how many leading candidates the local window of ``local_window`` always includes.
+        full_view_tokens: 0 (the paper) lets the last tokens attend over what the layer keeps, like every active
+            token; T > 0 lets the last T tokens of the prompt (the one whose output is the first answer token, and
+            the chat template's header before it) attend over every token of the prompt in every skipping layer,
+            pruned ones included, with keys and values from each token's current residual. What the first answer
+            token reads is then the whole context, however small the budgets; everything else is the paper's.
+            The last T tokens are protected (never pruned, always active). Costs a key and value projection of
+            every prompt token per skipping layer; the cache and decoding are unchanged.
         end_layer: layers ``[end_layer, num_layers)`` run in full again, over every token (None: skipping
             runs to the last layer, as in the paper). For studies of where skipping costs accuracy:
             skipping only ``[start_layer, end_layer)`` measures what that layer range loses.
@@ -100,6 +107,7 @@ class SPTSConfig:
     cache_skipped: bool = False
     local_window: int = 0
     local_sinks: int = 4
+    full_view_tokens: int = 0
     end_layer: int | None = None
     name: str = field(default="custom", compare=False)
     budget_exponent: float = 1.0
@@ -150,6 +158,7 @@ class SPTSConfig:
         check_int("recent_tokens", self.recent_tokens, minimum=0)
         check_int("local_window", self.local_window, minimum=0)
         check_int("local_sinks", self.local_sinks, minimum=0)
+        check_int("full_view_tokens", self.full_view_tokens, minimum=0)
         for flag in ("skip_attention", "skip_ffn", "prune", "accumulate_scores", "kv_complete", "cache_skipped"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"{flag} must be a bool, got {getattr(self, flag)!r}")

@@ -11,7 +11,8 @@ base SPTS config:
 * selection variants appended to ``spts`` or ``spts@<scale>`` with ``+``: ``+kvc`` (KV-complete skipping),
   ``+cache`` (skipped candidates cached for decoding),
   ``+max`` (max over heads), ``+sinks<S>`` / ``+recent<R>`` (protected first S / last R tokens), ``+acc``
-  (scores accumulated over a stage), ``+window<W>`` (the last W tokens probe), e.g. ``spts@2+kvc+recent64``;
+  (scores accumulated over a stage), ``+window<W>`` (the last W tokens probe), ``+view<T>`` (the last T tokens
+  attend over the whole prompt in every skipping layer), e.g. ``spts@2+kvc+recent64``;
 * block-sparse attention (docs/sparse.md): ``+sparse<threshold>[:L<from>[-<to>]]`` appended to an SPTS spec makes
   the attention of layers ``[from, to)`` block-sparse (default: from 0 up to the start layer, the layers that run in
   full), e.g. ``spts+sparse0.9``, ``spts+sparse0.95:L2``; alone, ``sparse<threshold>[:L<from>[-<to>]]`` is the
@@ -53,7 +54,13 @@ _VARIANT_FLAGS = {
     "max": {"head_aggregation": "max"},
     "acc": {"accumulate_scores": True},
 }
-_VARIANT_COUNTS = {"sinks": "sink_tokens", "recent": "recent_tokens", "window": "probe_tokens", "local": "local_window"}
+_VARIANT_COUNTS = {
+    "sinks": "sink_tokens",
+    "recent": "recent_tokens",
+    "window": "probe_tokens",
+    "local": "local_window",
+    "view": "full_view_tokens",
+}
 
 
 _SPARSE = re.compile(r"sparse(?P<threshold>[0-9.]+)(?::L(?P<first>\d+)(?:-(?P<stop>\d+))?)?")
@@ -103,7 +110,8 @@ def _variant_changes(spec: str, variant: str) -> dict:
             return {field: int(count)}
     raise ValueError(
         f"method {spec!r}: unknown selection variant {variant!r}; "
-        "use kvc, cache, max, acc, sinks<N>, recent<N>, window<N>, local<N> or sparse<threshold>[:L<from>[-<to>]]"
+        "use kvc, cache, max, acc, sinks<N>, recent<N>, window<N>, local<N>, view<N> "
+        "or sparse<threshold>[:L<from>[-<to>]]"
     )
 
 

@@ -85,6 +85,7 @@ def check_model(adapter: DecoderAdapter, config: SPTSConfig, model: nn.Module) -
     masked = {
         "kv_complete": (config.kv_complete, "active queries over all candidates", False),
         "local_window": (config.local_window, "each skipped candidate over its window", 0),
+        "full_view_tokens": (config.full_view_tokens > 1, "the last tokens causally over the whole prompt", 1),
     }
     for option, (value, why, off) in masked.items():
         if value and model.config._attn_implementation.startswith("flash"):

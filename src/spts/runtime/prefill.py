@@ -16,6 +16,7 @@ from torch import nn
 
 from spts.adapters import DecoderAdapter
 from spts.config import SPTSConfig
+from spts.errors import SPTSError
 from spts.policies import FFNScorer, attention_probe_scores, pool_scores, protected_tokens, top_tokens
 from spts.runtime.local_attention import local_attention
 from spts.runtime.stats import LayerStats, PrefillStats
@@ -78,6 +79,34 @@ def _rows_attending_candidates(active: torch.Tensor, n_candidates: int, like: to
     return mask.masked_fill(~visible, torch.finfo(like.dtype).min)[:, None]
 
 
+def _full_view_attention(
+    context: PrefillContext,
+    layer: nn.Module,
+    hidden_states: torch.Tensor,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor],
+    tail: int,
+    keys: torch.Tensor | None,
+) -> torch.Tensor:
+    """Attention (B, tail, heads, d) of the prompt's last ``tail`` tokens over every token of it, each token's keys
+    and values from its current residual (``config.full_view_tokens``); ``keys``: those of every token when the
+    caller has them."""
+    adapter = context.adapter
+    batch, length, _ = hidden_states.shape
+    cos, sin = (t.expand(batch, -1, -1) for t in position_embeddings)
+    normed = adapter.input_norm(layer, hidden_states)
+    if keys is None:
+        keys = adapter.keys(layer, normed, cos, sin)
+    values = adapter.values(layer, normed)
+    queries = adapter.queries(layer, normed[:, -tail:], cos[:, -tail:], sin[:, -tail:])
+    mask = None
+    if tail > 1:
+        tail_positions = torch.arange(length - tail, length, device=hidden_states.device).expand(batch, -1)
+        mask = _rows_attending_candidates(tail_positions, length, hidden_states)
+    attention = adapter.attention(layer)
+    out, _ = context.attention_function(attention, queries, keys, values, mask, dropout=0.0, scaling=attention.scaling)
+    return out
+
+
 def skipping_prefill(
     state: PrefillState,
     layer_idx: int,
@@ -97,15 +126,16 @@ def skipping_prefill(
             return state.candidates
         return torch.arange(length, device=hidden_states.device).expand(batch, -1)
 
+    recent = max(config.recent_tokens, config.full_view_tokens)
     if plan.prune_to is not None:
         # MSDP: the latest probe decides which candidates survive this stage boundary for good.
-        protected = protected_tokens(positions_of_candidates(), length, config.sink_tokens, config.recent_tokens)
+        protected = protected_tokens(positions_of_candidates(), length, config.sink_tokens, recent)
         keep = top_tokens(state.scores, plan.prune_to, protected)
         state.candidates = keep if state.candidates is None else torch.gather(state.candidates, 1, keep)
         state.scores = state.stage_scores = None
     candidates = state.candidates
     positions = positions_of_candidates()
-    protected = protected_tokens(positions, length, config.sink_tokens, config.recent_tokens)
+    protected = protected_tokens(positions, length, config.sink_tokens, recent)
 
     cos, sin = (t.expand(batch, -1, -1) for t in position_embeddings)
     if candidates is None:
@@ -118,6 +148,7 @@ def skipping_prefill(
 
     normed = adapter.input_norm(layer, x)
     keys = adapter.keys(layer, normed, cos, sin)
+    candidate_keys = keys
     attention = adapter.attention(layer)
 
     select_attention = config.skip_attention and budget < n_candidates
@@ -180,6 +211,21 @@ def skipping_prefill(
     attn_out, _ = context.attention_function(
         attention, queries, keys, values, mask, dropout=0.0, scaling=attention.scaling
     )
+    if config.full_view_tokens:
+        # The last tokens are protected, so they are the last rows of the queries (active rows ascend), unless the
+        # budget cannot hold them with the other protected tokens.
+        tail = min(config.full_view_tokens, length)
+        query_positions = positions if active is None else torch.gather(positions, 1, active)
+        if query_positions.shape[1] < tail or bool((query_positions[:, -tail:] < length - tail).any()):
+            raise SPTSError(
+                f"full_view_tokens={config.full_view_tokens}: layer {layer_idx} keeps {budget} tokens, too few to "
+                f"hold the last {tail} with the {config.sink_tokens} sink tokens; lower full_view_tokens or "
+                "sink_tokens, or raise the budgets"
+            )
+        view = _full_view_attention(
+            context, layer, hidden_states, position_embeddings, tail, candidate_keys if candidates is None else None
+        )
+        attn_out = torch.cat((attn_out[:, :-tail], view), dim=1)
     if local_update is not None:
         update = adapter.attention_output(layer, scatter_rows(local_update.flatten(2), active, attn_out.flatten(2)))
         x = x + update

@@ -82,6 +82,12 @@ class SpeedModel:
         extra = self.key_share + (self.value_share if kv_complete or cache_skipped else 0.0)
         return cost + a[1] * (active + extra * (candidates - active))
 
+    def full_view(self, tail: float, length: float) -> float:
+        """What ``full_view_tokens`` adds to a skipping layer: keys and values of every prompt token, and the
+        attention of the last ``tail`` tokens over them."""
+        a = (*self.coefficients.get("attention", ()), 0.0, 0.0, 0.0)
+        return a[1] * (self.key_share + self.value_share) * length + a[2] * tail * length
+
     def full_layer(self, n: float) -> float:
         return self.attention(n, n) + self.part("ffn", n)
 
@@ -123,6 +129,8 @@ class SpeedModel:
                 local_keys if select_attention else 0,
             )
             cost += self.part("ffn", budget if select_ffn else n_cand)
+            if getattr(config, "full_view_tokens", 0):
+                cost += self.full_view(config.full_view_tokens, length)
             if select_attention or select_ffn or plan.scores_needed_next:
                 cost += self.part("probe", n_cand)
             if select_ffn and scores_ffn_inputs:
