@@ -65,13 +65,8 @@ class SPTSConfig:
             the whole prefix. They still skip the FFN unless selected for it, and the cache holds what it holds
             without this. Costs their query, value and output projections.
         local_sinks: how many leading candidates the local window of ``local_window`` always includes.
-        full_view_tokens: 0 (the paper) lets the last tokens attend over what the layer keeps, like every active
-            token; T > 0 lets the last T tokens of the prompt (the one whose output is the first answer token, and
-            the chat template's header before it) attend over every token of the prompt in every skipping layer,
-            pruned ones included, with keys and values from each token's current residual. What the first answer
-            token reads is then the whole context, however small the budgets; everything else is the paper's.
-            The last T tokens are protected (never pruned, always active). Costs a key and value projection of
-            every prompt token per skipping layer; the cache and decoding are unchanged.
+        full_view_tokens: T > 0: the last T tokens (protected) attend over every prompt token in every skipping layer,
+            pruned ones included, from each token's current residual (0: over what the layer keeps, the paper).
         end_layer: layers ``[end_layer, num_layers)`` run in full again, over every token (None: skipping
             runs to the last layer, as in the paper). For studies of where skipping costs accuracy:
             skipping only ``[start_layer, end_layer)`` measures what that layer range loses.
