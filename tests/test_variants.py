@@ -28,6 +28,22 @@ VARIANTS = {
 }  # fmt: skip
 
 
+def _record_layer(layer, run):
+    """``run()``'s result and ``layer``'s call during it: its full-length input, keyword arguments and output."""
+    seen = {}
+
+    def hook(module, args, kwargs, output):
+        layer_input = args[0] if args else kwargs["hidden_states"]
+        seen["call"] = (layer_input, kwargs, output[0] if isinstance(output, tuple) else output)
+
+    handle = layer.register_forward_hook(hook, with_kwargs=True)
+    try:
+        result = run()
+    finally:
+        handle.remove()
+    return result, seen["call"]
+
+
 def _ids(model, length=PROMPT, seed=0):
     return torch.randint(0, model.config.vocab_size, (1, length), generator=torch.Generator().manual_seed(seed))
 
@@ -105,33 +121,17 @@ def test_kv_complete_caches_every_candidate_and_active_rows_see_them_all(family,
     model = tiny_model(family, attn)
     config = SPTSConfig(start_layer=1, stage_boundaries=(3,), budgets=(16, 8), delta=4, kv_complete=True)
     ids = _ids(model)
-    seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def record(name):
-        def hook(module, args, kwargs, output):
-            seen[name] = (
-                args[0] if args else kwargs["hidden_states"],
-                output[0] if isinstance(output, tuple) else output,
-            )
-
-        return hook
-
     layer = model.model.layers[1]
-    handle = layer.register_forward_hook(record("full"), with_kwargs=True)
-    model(ids)
-    handle.remove()
+    _, (_, _, full_output) = _record_layer(layer, lambda: model(ids))
     with spts.enabled(model, config):
-        handle = layer.register_forward_hook(record("spts"), with_kwargs=True)
-        out = model(ids, use_cache=True)
-        handle.remove()
+        out, (layer_input, _, spts_output) = _record_layer(layer, lambda: model(ids, use_cache=True))
         stats = spts.last_stats(model)
     assert spts.cache_tokens_per_layer(output_cache(out)) == [PROMPT, PROMPT, PROMPT, 12, 12, 12]
     assert stats.kv_tokens == [PROMPT, PROMPT, PROMPT, 12, 12, 12]
     assert [layer.attention_active for layer in stats.layers] == [PROMPT, 16, 16, 8, 8, 8]
-    layer_input, spts_output = seen["spts"]
     changed = (spts_output != layer_input).any(-1)[0]
     assert int(changed.sum()) == 16 and bool(changed[-1])
-    torch.testing.assert_close(spts_output[0, changed], seen["full"][1][0, changed], rtol=0, atol=1e-5)
+    torch.testing.assert_close(spts_output[0, changed], full_output[0, changed], rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("attn", ATTENTION)
@@ -144,37 +144,20 @@ def test_full_view_tokens_attend_over_the_whole_prompt_in_every_skipping_layer(t
     model = tiny_model(family, attn)
     config = SMALL.with_(full_view_tokens=tail)
     ids = _ids(model)
-    calls: dict[str, tuple[tuple, dict, torch.Tensor]] = {}
-
-    def record(name):
-        def hook(module, args, kwargs, output):
-            calls[name] = (args, kwargs, output[0] if isinstance(output, tuple) else output)
-
-        return hook
-
     layer = model.model.layers[5]
-    handle = layer.register_forward_hook(record("full"), with_kwargs=True)
-    model(ids)
-    handle.remove()
+    _, (_, stock_kwargs, _) = _record_layer(layer, lambda: model(ids))
     with spts.enabled(model, config):
-        handle = layer.register_forward_hook(record("spts"), with_kwargs=True)
-        out = model(ids, use_cache=True)
-        handle.remove()
+        out, (layer_input, _, spts_output) = _record_layer(layer, lambda: model(ids, use_cache=True))
         stats = spts.last_stats(model)
     assert stats.kv_tokens[5] == 6 and spts.cache_tokens_per_layer(output_cache(out))[5] == 6
-    spts_args, spts_kwargs, spts_output = calls["spts"]
-    layer_input = spts_args[0] if spts_args else spts_kwargs["hidden_states"]
-    stock_kwargs = calls["full"][1]
     uncached = ("hidden_states", "past_key_values", "past_key_value", "cache", "use_cache")
     stock = layer(layer_input, **{k: v for k, v in stock_kwargs.items() if k not in uncached})
     stock = stock[0] if isinstance(stock, tuple) else stock
     torch.testing.assert_close(spts_output[0, -tail:], stock[0, -tail:], rtol=0, atol=1e-5)
     # Without the option the last token reads only the 6 tokens the stage keeps: its row differs.
     with spts.enabled(model, SMALL):
-        handle = layer.register_forward_hook(record("paper"), with_kwargs=True)
-        model(ids)
-        handle.remove()
-    assert not torch.allclose(calls["paper"][2][0, -1], stock[0, -1], atol=1e-4)
+        _, (_, _, paper_output) = _record_layer(layer, lambda: model(ids))
+    assert not torch.allclose(paper_output[0, -1], stock[0, -1], atol=1e-4)
 
 
 def test_full_view_tokens_beyond_the_budget_are_refused_clearly():
