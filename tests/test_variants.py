@@ -271,18 +271,10 @@ def test_local_window_updates_the_skipped_candidates_by_their_window(family, att
     model(ids)
     handle.remove()
 
-    def record(window):
-        def hook(module, args, kwargs, output):
-            hidden = args[0] if args else kwargs["hidden_states"]
-            seen[window] = (hidden[0], (output[0] if isinstance(output, tuple) else output)[0])
-
-        return hook
-
     for window in (0, 4, PROMPT):
         with spts.enabled(model, config.with_(local_window=window)):
-            handle = layer.register_forward_hook(record(window), with_kwargs=True)
-            model(ids, use_cache=True)
-            handle.remove()
+            _, (hidden, _, output) = _record_layer(layer, lambda: model(ids, use_cache=True))
+            seen[window] = (hidden[0], output[0])
             active = spts.last_stats(model).kv_positions[1][0]
             assert len(active) == 16
     skipped = torch.ones(PROMPT, dtype=torch.bool)
