@@ -11,7 +11,8 @@
 #      gather kernel vs SDPA causal, at 32K and 128K.
 #   3. Quality at 32K with real weights, Qwen2.5-Coder-1.5B (its GGUF in $SPTS_GGUF_DIR, as for
 #      benchmarks/gpu_size_curve.sh; skipped when absent): full, its tuned SPTS schedule, and that schedule with
-#      sparse attention in its full layers, on needles and LongBench-format HotpotQA, with per-layer densities.
+#      sparse attention in its full layers (threshold 0.9 over each KV group, and $SPARSE), on needles and
+#      LongBench-format HotpotQA, with per-layer densities.
 #
 #   OUT=runs/gpu_sparse PART=sparse bash benchmarks/gpu_suite.sh
 set -euo pipefail
@@ -20,7 +21,7 @@ LENGTHS=${LENGTHS:-32768,65536,131072}
 KERNEL_LENGTHS=${KERNEL_LENGTHS:-32768,131072}
 QUALITY_LENGTH=${QUALITY_LENGTH:-32768}
 SAMPLES=${SAMPLES:-4}
-THRESHOLD=${THRESHOLD:-0.9}
+SPARSE=${SPARSE:-sparse0.7:Q256:H}  # the variant appended to the schedule (docs/sparse.md)
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
 spts() { python -c "from spts.cli import app; app()" "$@"; }
 mkdir -p "$OUT"
@@ -37,7 +38,7 @@ python benchmarks/sparse_kernels.py --device cuda --dtype bfloat16 --heads 32 --
 tuned=benchmarks/results/tune_qwen2.5-coder-1.5b_4096/tuned.json
 if [ -n "${SPTS_GGUF_DIR:-}" ] && [ -d "$SPTS_GGUF_DIR" ]; then
     spts eval --model qwen2.5-coder-1.5b --tasks niah_single,lbf_hotpotqa --lengths "$QUALITY_LENGTH" \
-        --samples "$SAMPLES" --preset "$tuned" --methods "full,spts,spts+sparse$THRESHOLD" \
+        --samples "$SAMPLES" --preset "$tuned" --methods "full,spts,spts+sparse0.9,spts+$SPARSE" \
         --out "$OUT/eval_1.5b" || status=$?
     rm -f "$OUT/eval_1.5b/samples.jsonl"
 else

@@ -332,7 +332,7 @@ def test_tune_searches_sparse_attention_as_a_dimension(tmp_path):
     assert len(searched) == 2
     sparse = next(v for k, v in searched.items() if "sparse_from=0" in k)
     dense = next(v for k, v in searched.items() if "sparse_from" not in k)
-    densities = result.summary["speed_model"]["sparse_densities"]["(8, 0.9, 0.0)"]
+    densities = result.summary["speed_model"]["sparse_densities"]["(8, 0.9, 0.0, 0, False)"]
     assert sorted(densities) == list(range(6)) and all(0 < d < 1 for d in densities.values())
     assert sparse > dense, "the measured densities must make the sparse config predicted faster"
 

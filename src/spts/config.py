@@ -51,14 +51,12 @@ class SPTSConfig:
             pruned. The last token always is, whatever this says.
         accumulate_scores: select with the probe scores summed over the layers of the stage so far (the
             evidence of several layers) rather than this layer's alone.
-        kv_complete: active queries attend over every candidate's keys and values (computed from the
-            candidates' current residual, as the probe already computes keys), and all of them are cached,
-            so decoding sees every candidate. Costs more attention and memory than the paper's compressed
-            cache, which holds only the active tokens.
-        cache_skipped: the paper's attention (active queries over the active tokens only), but the skipped
-            candidates' keys and values (from their current residual; the probe already computes their keys)
-            are cached too, so decoding sees every candidate of every layer. The prefill computes exactly what
-            the paper's does (same logits); decoding costs what kv_complete's does. Implied by kv_complete.
+        kv_complete: active queries attend over every candidate's keys and values (computed from the candidates'
+            current residual, as the probe already computes keys), and all of them are cached, so decoding sees
+            every candidate: more attention and memory than the paper's cache of the active tokens.
+        cache_skipped: the paper's attention (active queries over the active tokens only), with the skipped
+            candidates' keys and values (from their current residual) cached too, so decoding sees every candidate
+            of every layer: the paper's prefill logits, kv_complete's decoding cost. Implied by kv_complete.
         local_window: 0 (the paper) leaves the candidates a layer does not select with their state; W > 0 gives
             them an attention update over the W candidates up to themselves and the first ``local_sinks``
             candidates (sliding-window attention with sinks, as StreamingLLM), at ``O(W)`` per token instead of
@@ -83,6 +81,8 @@ class SPTSConfig:
             ``start_layer``, the active tokens' attention in skipping layers is sparse too.
         sparse_min_density: each query block keeps at least this share of its causal blocks.
         sparse_max_density: a layer keeping a larger share runs the model's own dense attention instead.
+        sparse_query_tokens: the query blocks of the prompt's last this many tokens (its question) attend densely.
+        sparse_per_head: the threshold holds for every query head's own estimated mass, not only their sum.
     """
 
     start_layer: int
@@ -113,6 +113,8 @@ class SPTSConfig:
     sparse_threshold: float = 0.9
     sparse_min_density: float = 0.0
     sparse_max_density: float = 0.5
+    sparse_query_tokens: int = 0
+    sparse_per_head: bool = False
 
     def __post_init__(self) -> None:
         # Accept lists from users and YAML/JSON; store tuples so the config stays hashable.
@@ -170,6 +172,9 @@ class SPTSConfig:
             check_int("sparse_from", self.sparse_from, minimum=0)
             check_int("sparse_to", self.sparse_start_stop[1], minimum=self.sparse_from + 1)
         check_int("sparse_block", self.sparse_block, minimum=8)
+        check_int("sparse_query_tokens", self.sparse_query_tokens, minimum=0)
+        if not isinstance(self.sparse_per_head, bool):
+            raise ValueError(f"sparse_per_head must be True or False, got {self.sparse_per_head!r}")
         if self.sparse_block % 8:
             raise ValueError(f"sparse_block must be a multiple of 8 (the estimate's stride), got {self.sparse_block}")
         for name in ("sparse_threshold", "sparse_min_density", "sparse_max_density"):
@@ -331,16 +336,11 @@ class SPTSConfig:
         if self.sparse_to is not None and self.sparse_to > num_layers:
             raise ValueError(f"sparse_to={self.sparse_to} must be at most the model's {num_layers} layers")
         if self.end_layer is not None and self.end_layer > num_layers:
-            raise ValueError(
-                f"end_layer={self.end_layer} must be at most the model's {num_layers} layers "
-                f"(allowed: {self.start_layer + 1}..{num_layers})"
-            )
+            raise ValueError(f"end_layer={self.end_layer} must be at most the model's {num_layers} layers")
 
 
 def _resolve(budget: Budget, prompt_length: float) -> int:
-    if isinstance(budget, float):
-        return math.ceil(budget * prompt_length)
-    return budget
+    return math.ceil(budget * prompt_length) if isinstance(budget, float) else budget
 
 
 def _num_layers(config: Any) -> int:

@@ -13,10 +13,12 @@ base SPTS config:
   ``+max`` (max over heads), ``+sinks<S>`` / ``+recent<R>`` (protected first S / last R tokens), ``+acc``
   (scores accumulated over a stage), ``+window<W>`` (the last W tokens probe), ``+view<T>`` (the last T tokens
   attend over the whole prompt in every skipping layer), e.g. ``spts@2+kvc+recent64``;
-* block-sparse attention (docs/sparse.md): ``+sparse<threshold>[:L<from>[-<to>]]`` appended to an SPTS spec makes
-  the attention of layers ``[from, to)`` block-sparse (default: from 0 up to the start layer, the layers that run in
-  full), e.g. ``spts+sparse0.9``, ``spts+sparse0.95:L2``; alone, ``sparse<threshold>[:L<from>[-<to>]]`` is the
-  unmodified model with sparse attention (default: every layer; needs the model), e.g. ``sparse0.9``;
+* block-sparse attention (docs/sparse.md): ``+sparse<threshold>[:L<from>[-<to>]][:Q<tokens>][:H]`` appended to an
+  SPTS spec makes the attention of layers ``[from, to)`` block-sparse (default: from 0 up to the start layer, the
+  layers that run in full), the query blocks of the last ``tokens`` tokens dense (default 0), ``:H`` the threshold
+  per query head, e.g. ``spts+sparse0.9``, ``spts+sparse0.95:L2``, ``spts+sparse0.9:Q256``, ``spts+sparse0.8:H``;
+  alone, ``sparse<threshold>[...]`` is the unmodified model with sparse attention (default: every layer; needs the
+  model), e.g. ``sparse0.9``;
 * ``file:<path>`` or a path ending in ``.json``: a config file (``spts tune``'s ``tuned.json``, or
   ``SPTSConfig.to_file``), named after the file (``runs/tune/tuned.json`` is ``tuned``); ``<name>=<path>`` names
   it yourself, e.g. ``tuned15=runs/tune15/tuned.json``; selection variants append to it as to ``spts``, e.g.
@@ -63,11 +65,14 @@ _VARIANT_COUNTS = {
 }
 
 
-_SPARSE = re.compile(r"sparse(?P<threshold>[0-9.]+)(?::L(?P<first>\d+)(?:-(?P<stop>\d+))?)?")
+_SPARSE = re.compile(
+    r"sparse(?P<threshold>[0-9.]+)(?::L(?P<first>\d+)(?:-(?P<stop>\d+))?)?(?::Q(?P<query>\d+))?(?P<per_head>:H)?"
+)
 
 
 def _sparse_changes(spec: str, variant: str) -> dict | None:
-    """The config fields of a ``sparse<threshold>[:L<from>[-<to>]]`` spec, or None when ``variant`` is not one."""
+    """The config fields of a ``sparse<threshold>[:L<from>[-<to>]][:Q<tokens>][:H]`` spec, or None when ``variant``
+    is not one."""
     match = _SPARSE.fullmatch(variant)
     if match is None:
         return None
@@ -80,6 +85,10 @@ def _sparse_changes(spec: str, variant: str) -> dict | None:
     changes: dict = {"sparse_from": int(match["first"] or 0), "sparse_threshold": threshold}
     if match["stop"] is not None:
         changes["sparse_to"] = int(match["stop"])
+    if match["query"] is not None:
+        changes["sparse_query_tokens"] = int(match["query"])
+    if match["per_head"]:
+        changes["sparse_per_head"] = True
     return changes
 
 
@@ -111,7 +120,7 @@ def _variant_changes(spec: str, variant: str) -> dict:
     raise ValueError(
         f"method {spec!r}: unknown selection variant {variant!r}; "
         "use kvc, cache, max, acc, sinks<N>, recent<N>, window<N>, local<N>, view<N> "
-        "or sparse<threshold>[:L<from>[-<to>]]"
+        "or sparse<threshold>[:L<from>[-<to>]][:Q<tokens>][:H]"
     )
 
 
@@ -176,7 +185,7 @@ def resolve_method(spec: str, base: SPTSConfig, model: Any = None) -> Method:
         return Method(f"spts@{factor:g}", scale_budgets(base, factor))
     raise ValueError(
         f"unknown method {spec!r}; use full, spts, spts@<scale>, derived, pap, pap+ffn, ceiling, "
-        "spts[@<scale>]+<variant>, sparse<threshold>[:L<from>[-<to>]], "
+        "spts[@<scale>]+<variant>, sparse<threshold>[:L<from>[-<to>]][:Q<tokens>][:H], "
         f"a config file (file:<path>, <path>.json or <name>=<path>.json), or a peer: {PEER_SYNTAX}"
     )
 

@@ -25,7 +25,14 @@ from transformers import AttentionInterface
 from spts.adapters import DecoderAdapter
 from spts.config import SPTSConfig
 from spts.errors import UnsupportedModelError
-from spts.policies.sparse import antidiagonal_block_mass, density, kept_counts, rank_blocks, round_up_counts
+from spts.policies.sparse import (
+    antidiagonal_block_mass,
+    density,
+    kept_counts,
+    rank_blocks,
+    round_up_counts,
+    with_dense_tail,
+)
 from spts.runtime.sparse_kernels import KERNELS, block_sparse_attention, default_kernel
 from spts.runtime.stats import PrefillStats, SparseLayerStats
 from spts.runtime.timing import IntervalTimer
@@ -156,9 +163,10 @@ class SparseAttention:
             stats.estimate_timer = IntervalTimer(query.device)
         scaling = kwargs.get("scaling") or module.scaling
         stats.estimate_timer.start()
-        mass = antidiagonal_block_mass(query, key, block, scaling)
+        mass = antidiagonal_block_mass(query, key, block, scaling, per_head=config.sparse_per_head)
         order = rank_blocks(mass)
-        counts = round_up_counts(kept_counts(mass, order, config.sparse_threshold, config.sparse_min_density))
+        counts = kept_counts(mass, order, config.sparse_threshold, config.sparse_min_density)
+        counts = round_up_counts(with_dense_tail(counts, length, block, config.sparse_query_tokens))
         kept = density(counts)
         stats.estimate_timer.stop()
         layer_idx = int(getattr(module, "layer_idx", -1))

@@ -28,27 +28,33 @@ REFERENCE_DENSITY = 0.25
 """Density of the random selection the kernel is timed on."""
 
 
-def sparse_setting(config: SPTSConfig) -> tuple[int, float, float] | None:
-    """What decides a sparse layer's density over a prompt (block, threshold, minimum density); None: no sparse
-    layer."""
+SparseSetting = tuple[int, float, float, int, bool]
+
+
+def sparse_setting(config: SPTSConfig) -> SparseSetting | None:
+    """What decides a sparse layer's density over a prompt (block, threshold, minimum density, question tokens,
+    per head); None: no sparse layer."""
     if config.sparse_from is None:
         return None
-    return (config.sparse_block, config.sparse_threshold, config.sparse_min_density)
+    return (
+        config.sparse_block, config.sparse_threshold, config.sparse_min_density, config.sparse_query_tokens,
+        config.sparse_per_head,
+    )  # fmt: skip
 
 
 def measure_densities(
     model: nn.Module, configs: Iterable[SPTSConfig], input_ids: torch.Tensor
-) -> dict[tuple[int, float, float], dict[int, float]]:
+) -> dict[SparseSetting, dict[int, float]]:
     """Per distinct sparse setting among ``configs``: the density of every layer on ``input_ids`` (one prefill of
     the model with every layer sparse and no dense fallback)."""
     num_layers = model.config.num_hidden_layers
-    out: dict[tuple[int, float, float], dict[int, float]] = {}
+    out: dict[SparseSetting, dict[int, float]] = {}
     for setting in sorted({s for c in configs if (s := sparse_setting(c)) is not None}):
-        block, threshold, minimum = setting
+        block, threshold, minimum, question, per_head = setting
         probe = SPTSConfig(
             num_layers - 1, (), (1.0,), skip_attention=False, skip_ffn=False, prune=False, sparse_from=0,
             sparse_to=num_layers, sparse_block=block, sparse_threshold=threshold, sparse_min_density=minimum,
-            sparse_max_density=1.0,
+            sparse_max_density=1.0, sparse_query_tokens=question, sparse_per_head=per_head,
         )  # fmt: skip
         with torch.inference_mode(), enabled(model, probe):
             model(input_ids, use_cache=True, logits_to_keep=1)
@@ -57,7 +63,7 @@ def measure_densities(
 
 
 def densities_for(
-    config: SPTSConfig, measured: Mapping[tuple[int, float, float], Mapping[int, float]]
+    config: SPTSConfig, measured: Mapping[SparseSetting, Mapping[int, float]]
 ) -> Mapping[int, float] | None:
     setting = sparse_setting(config)
     return None if setting is None else measured.get(setting)
