@@ -137,14 +137,17 @@ def test_kernels_equal_dense_attention_over_the_kept_blocks(kernel, threshold):
 
 
 # ------------------------------------------------------------------------------------------ exactness
+@pytest.mark.parametrize("per_head", [False, True])
 @pytest.mark.parametrize("attn", ATTENTION)
 @pytest.mark.parametrize("family", FAMILIES)
-def test_threshold_one_matches_unmodified_model(family, attn):
+def test_threshold_one_matches_unmodified_model(family, attn, per_head):
     model = tiny_model(family, attn)
     ids = _ids()
     reference = model(ids, use_cache=True)
     reference_tokens = model.generate(ids, max_new_tokens=6, do_sample=False)
-    schedule = SPTSConfig(start_layer=3, stage_boundaries=(), budgets=(4096,), sparse_threshold=1.0)
+    schedule = SPTSConfig(
+        start_layer=3, stage_boundaries=(), budgets=(4096,), sparse_threshold=1.0, sparse_per_head=per_head
+    )
     # Default density limit: every block kept means the model's own attention runs (exactly the same numbers).
     with spts.enabled(model, schedule.with_(**SPARSE)):
         out = model(ids, use_cache=True)
