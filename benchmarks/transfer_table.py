@@ -13,8 +13,9 @@ the LongBench-format family, every other generated task the RULER/QA family. Onl
 count. Per method: its share of the full model's score on each family and on each task, with 95% paired-bootstrap
 intervals (the same samples drawn for the method and the full model); with ``--against M``, M's score minus every
 other method's per family, in points, with its interval. Per task, the answers behind those ratios: how many prompts
-the full model answers (score >= 0.5, the tuner's ``answered`` rule), how many of those each method keeps, and how
-many the full model misses that the method answers. Writes ``rows.json`` and ``table.md``.
+the full model answers (score >= 0.5, the tuner's ``answered`` rule), how many of those each method keeps, how many
+the full model misses that the method answers, and how many answers are the full model's word for word. Writes
+``rows.json`` and ``table.md``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-from size_curve import difference_interval, parse_run, read_scores, retention_interval
+from size_curve import difference_interval, parse_run, retention_interval
 
 from spts.machine import machine
 from spts.tuning.quality import ANSWERED_MIN
@@ -45,18 +46,27 @@ def _retention(by_sample: dict[str, dict[str, float]], method: str) -> dict:
             "retention": mine / full if full > 0 else float("nan"), "retention_95": [low, high]}  # fmt: skip
 
 
-def _answers(by_sample: dict[str, dict[str, float]], method: str) -> dict:
+def _answers(by_sample: dict[str, dict[str, float]], words: dict[str, dict[str, str]], method: str) -> dict:
     answered = [s for s in by_sample.values() if s["full"] >= ANSWERED_MIN]
     return {"full_answers": len(answered), "kept": sum(s[method] >= ANSWERED_MIN for s in answered),
-            "gained": sum(s[method] >= ANSWERED_MIN > s["full"] for s in by_sample.values())}  # fmt: skip
+            "gained": sum(s[method] >= ANSWERED_MIN > s["full"] for s in by_sample.values()),
+            "identical": sum(words[sid][method].strip() == words[sid]["full"].strip() for sid in by_sample),
+            "prompts": len(by_sample)}  # fmt: skip
 
 
-def _pooled_scores(eval_dirs: list[str]) -> dict[str, dict[str, float]]:
-    """Every folder's per-sample scores; with several folders (seeds), each sample id gets its folder's index, after
-    the task, length and sample index the table reads from it."""
-    if len(eval_dirs) == 1:
-        return read_scores(Path(eval_dirs[0]))
-    return {f"{sid}@{i}": s for i, d in enumerate(eval_dirs) for sid, s in read_scores(Path(d)).items()}
+def _pooled_rows(eval_dirs: list[str]) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, str]]]:
+    """Every folder's per-sample scores and answers by method; with several folders (seeds), each sample id gets its
+    folder's index after the task, length and sample index the table reads from it."""
+    scores: dict[str, dict[str, float]] = {}
+    words: dict[str, dict[str, str]] = {}
+    for i, eval_dir in enumerate(eval_dirs):
+        for line in (Path(eval_dir) / "samples.jsonl").read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                sid = row["sample_id"] + (f"@{i}" if len(eval_dirs) > 1 else "")
+                scores.setdefault(sid, {})[row["method"]] = row["score"]
+                words.setdefault(sid, {})[row["method"]] = row.get("prediction", "")
+    return scores, words
 
 
 def read_run(spec: str, against: list[str]) -> dict:
@@ -77,7 +87,8 @@ def read_run(spec: str, against: list[str]) -> dict:
         for row in json.loads((Path(bench_dir) / "summary.json").read_text())["rows"]:
             if row["method"] in speedups:
                 speedups[row["method"]], source[row["method"]] = [row["speedup"]], "bench"
-    complete = {sid: s for sid, s in _pooled_scores(eval_dirs).items() if set(methods) <= s.keys()}
+    scores, words = _pooled_rows(eval_dirs)
+    complete = {sid: s for sid, s in scores.items() if set(methods) <= s.keys()}
     if not complete:
         raise SystemExit(f"{eval_part}: no sample was answered by every method ({', '.join(methods)})")
     tasks = sorted({sid.split("/")[0] for sid in complete}, key=lambda t: (family_of(t) != FAMILIES[0], t))
@@ -94,7 +105,7 @@ def read_run(spec: str, against: list[str]) -> dict:
             entry["minus"] = {
                 ref: difference_interval(samples, ref, method) for ref in against if ref in methods and ref != method
             }
-            entry["answers"] = _answers(samples, method)
+            entry["answers"] = _answers(samples, words, method)
             row["groups"][group] = entry
         rows.append(row)
     lengths = sorted({int(sid.split("/")[1]) for sid in complete})
@@ -149,7 +160,8 @@ def table(runs: list[dict], command: str, against: list[str]) -> str:
         lines += [
             "",
             f"Answers per task (score >= {ANSWERED_MIN:g}): of the prompts the full model answers, how many each "
-            "method keeps; + those it answers that the full model misses.",
+            "method keeps; + those it answers that the full model misses; identical: answers word for word the full "
+            "model's.",
             "",
             "| method | " + " | ".join(run["tasks"]) + " |",
             "|---|" + "---|" * len(run["tasks"]),
@@ -157,7 +169,8 @@ def table(runs: list[dict], command: str, against: list[str]) -> str:
         for m in (m for m in run["methods"] if m["method"] != "full"):
             counts = [m["groups"][t]["answers"] for t in run["tasks"]]
             lines.append(f"| {m['method']} | " + " | ".join(
-                f"{c['kept']} of {c['full_answers']}, +{c['gained']}" for c in counts) + " |")  # fmt: skip
+                f"{c['kept']} of {c['full_answers']}, +{c['gained']}; {c['identical']} of {c['prompts']} identical"
+                for c in counts) + " |")  # fmt: skip
         for ref in against:
             first = run["families"][0]
             pairs = [(m["method"], m["groups"]) for m in run["methods"] if ref in m["groups"][first]["minus"]]

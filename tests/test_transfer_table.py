@@ -16,7 +16,8 @@ def write_eval(folder: Path, scores: dict[str, dict[str, list[float]]]) -> None:
     """An eval folder: per task, each method's per-sample scores."""
     folder.mkdir(parents=True)
     rows = [
-        {"sample_id": f"{task}/4096/{i}", "task": task, "method": method, "score": score}
+        # the answer's words follow its score, so equal scores mean identical answers
+        {"sample_id": f"{task}/4096/{i}", "task": task, "method": method, "score": score, "prediction": f"{score} "}
         for task, methods in scores.items()
         for method, values in methods.items()
         for i, score in enumerate(values)
@@ -58,9 +59,12 @@ def test_retention_per_family_and_task_is_the_methods_mean_over_the_full_models(
 def test_answer_counts_name_kept_lost_and_gained_answers(built) -> None:
     runs, table = built
     skip = next(m for m in runs[0]["methods"] if m["method"] == "skip")
-    assert skip["groups"]["lbf_multifieldqa_en"]["answers"] == {"full_answers": 3, "kept": 1, "gained": 1}
-    assert skip["groups"]["qa_squad"]["answers"] == {"full_answers": 2, "kept": 2, "gained": 0}
-    assert "| skip | 2 of 2, +0 | 1 of 3, +1 |" in table  # generators first, as in every table
+    lbf = {"full_answers": 3, "kept": 1, "gained": 1, "identical": 1, "prompts": 4}
+    assert skip["groups"]["lbf_multifieldqa_en"]["answers"] == lbf
+    squad = {"full_answers": 2, "kept": 2, "gained": 0, "identical": 2, "prompts": 2}
+    assert skip["groups"]["qa_squad"]["answers"] == squad
+    # generators first, as in every table
+    assert "| skip | 2 of 2, +0; 2 of 2 identical | 1 of 3, +1; 1 of 4 identical |" in table
 
 
 def test_several_folders_pool_their_prompts_and_keep_each_speedup(tmp_path: Path) -> None:
@@ -75,7 +79,8 @@ def test_several_folders_pool_their_prompts_and_keep_each_speedup(tmp_path: Path
     skip = next(m for m in json.loads((out / "rows.json").read_text())[0]["methods"] if m["method"] == "skip")
     assert skip["groups"]["lbf_hotpotqa"]["n"] == 4  # same sample ids in both folders, counted apart
     assert skip["groups"]["lbf_hotpotqa"]["retention"] == pytest.approx(3 / 3)
-    assert skip["groups"]["lbf_hotpotqa"]["answers"] == {"full_answers": 3, "kept": 2, "gained": 1}
+    assert skip["groups"]["lbf_hotpotqa"]["answers"] == {
+        "full_answers": 3, "kept": 2, "gained": 1, "identical": 2, "prompts": 4}  # fmt: skip
     assert skip["speedups"] == [1.6, 1.6]
 
 
