@@ -44,13 +44,13 @@ def parameter_count(model: str) -> int:
     return sum(p.numel() for p in lm.parameters())
 
 
-def read_scores(eval_dir: Path) -> dict[str, dict[str, float]]:
-    """Each sample's score per method, from an eval folder's rows."""
-    by_sample: dict[str, dict[str, float]] = {}
+def read_scores(eval_dir: Path, field: str = "score") -> dict[str, dict]:
+    """Each sample's score (or another ``field`` of its rows, e.g. ``prediction``) per method, from an eval folder."""
+    by_sample: dict[str, dict] = {}
     for line in (eval_dir / "samples.jsonl").read_text().splitlines():
         if line.strip():
             row = json.loads(line)
-            by_sample.setdefault(row["sample_id"], {})[row["method"]] = row["score"]
+            by_sample.setdefault(row["sample_id"], {})[row["method"]] = row[field]
     return by_sample
 
 

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-from size_curve import difference_interval, parse_run, retention_interval
+from size_curve import difference_interval, parse_run, read_scores, retention_interval
 
 from spts.machine import machine
 from spts.tuning.quality import ANSWERED_MIN
@@ -54,19 +54,12 @@ def _answers(by_sample: dict[str, dict[str, float]], words: dict[str, dict[str, 
             "prompts": len(by_sample)}  # fmt: skip
 
 
-def _pooled_rows(eval_dirs: list[str]) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, str]]]:
-    """Every folder's per-sample scores and answers by method; with several folders (seeds), each sample id gets its
-    folder's index after the task, length and sample index the table reads from it."""
-    scores: dict[str, dict[str, float]] = {}
-    words: dict[str, dict[str, str]] = {}
-    for i, eval_dir in enumerate(eval_dirs):
-        for line in (Path(eval_dir) / "samples.jsonl").read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                sid = row["sample_id"] + (f"@{i}" if len(eval_dirs) > 1 else "")
-                scores.setdefault(sid, {})[row["method"]] = row["score"]
-                words.setdefault(sid, {})[row["method"]] = row.get("prediction", "")
-    return scores, words
+def _pooled(eval_dirs: list[str], field: str) -> dict[str, dict]:
+    """Every folder's per-sample ``field`` by method; with several folders (seeds), each sample id gets its folder's
+    index after the task, length and sample index the table reads from it."""
+    if len(eval_dirs) == 1:
+        return read_scores(Path(eval_dirs[0]), field)
+    return {f"{sid}@{i}": s for i, d in enumerate(eval_dirs) for sid, s in read_scores(Path(d), field).items()}
 
 
 def read_run(spec: str, against: list[str]) -> dict:
@@ -87,8 +80,8 @@ def read_run(spec: str, against: list[str]) -> dict:
         for row in json.loads((Path(bench_dir) / "summary.json").read_text())["rows"]:
             if row["method"] in speedups:
                 speedups[row["method"]], source[row["method"]] = [row["speedup"]], "bench"
-    scores, words = _pooled_rows(eval_dirs)
-    complete = {sid: s for sid, s in scores.items() if set(methods) <= s.keys()}
+    words = _pooled(eval_dirs, "prediction")
+    complete = {sid: s for sid, s in _pooled(eval_dirs, "score").items() if set(methods) <= s.keys()}
     if not complete:
         raise SystemExit(f"{eval_part}: no sample was answered by every method ({', '.join(methods)})")
     tasks = sorted({sid.split("/")[0] for sid in complete}, key=lambda t: (family_of(t) != FAMILIES[0], t))
